@@ -1,0 +1,45 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+let package = Package(
+    name: "qtool",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "qtool", targets: ["qtool"])
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2")
+    ],
+    targets: [
+        // System libraries: one module map and one header each, found through pkg-config.
+        .systemLibrary(
+            name: "CZstd", pkgConfig: "libzstd",
+            providers: [.apt(["libzstd-dev"])]),
+        .systemLibrary(
+            name: "CHDF5", pkgConfig: "hdf5-serial",
+            providers: [.apt(["libhdf5-dev"])]),
+        .systemLibrary(
+            name: "COpenBLAS", pkgConfig: "openblas",
+            providers: [.apt(["libopenblas-dev"])]),
+
+        .target(name: "TensorCore"),
+        .target(name: "SafetensorsFormat", dependencies: ["TensorCore"]),
+        .target(
+            name: "QToolCommands",
+            dependencies: [
+                "TensorCore", "SafetensorsFormat",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
+        .executableTarget(name: "qtool", dependencies: ["QToolCommands"]),
+
+        .target(name: "TestSupport", dependencies: ["TensorCore"], path: "Tests/TestSupport"),
+        .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore", "SafetensorsFormat", "TestSupport"]),
+        .testTarget(name: "CLibrariesTests", dependencies: ["CZstd", "CHDF5", "COpenBLAS"]),
+        .testTarget(
+            name: "SafetensorsFormatTests",
+            dependencies: ["SafetensorsFormat", "TensorCore", "TestSupport"]),
+        .testTarget(
+            name: "QToolCommandsTests",
+            dependencies: ["QToolCommands", "SafetensorsFormat", "TensorCore", "TestSupport", "qtool"]),
+    ]
+)

@@ -1,0 +1,114 @@
+import ArgumentParser
+import TensorCore
+
+struct InspectCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "inspect",
+        abstract: "List the tensors of a checkpoint: name, dtype, shape, parameters, bytes.",
+        discussion: """
+            PATH is a file or a model folder (model.safetensors, or shards with
+            model.safetensors.index.json).
+
+            Example:
+              qtool inspect fixtures/tiny-llama
+              qtool inspect model.safetensors --json
+            """)
+
+    @Argument(help: "A checkpoint file or model folder.")
+    var path: String
+
+    @Flag(help: "Print a JSON report instead of a table.")
+    var json = false
+
+    func run() throws {
+        let checkpoint = try Checkpoint.open(path)
+        let report = InspectReport(checkpoint)
+        print(json ? report.json().serialized() : report.table())
+    }
+}
+
+struct InspectReport {
+    struct Row {
+        var name: String
+        var dtype: DType
+        var shape: Shape
+        var parameters: Int
+        var bytes: Int
+    }
+
+    let format: String
+    let path: String
+    let rows: [Row]
+    let metadata: [(key: String, value: String)]?
+    let files: [String]
+
+    init(_ checkpoint: Checkpoint) {
+        format = checkpoint.format
+        path = checkpoint.path
+        rows = checkpoint.tensors.entries.map { entry in
+            Row(name: entry.name, dtype: entry.tensor.dtype, shape: entry.tensor.shape,
+                parameters: entry.tensor.elementCount, bytes: entry.tensor.byteCount)
+        }
+        metadata = checkpoint.tensors.metadata
+        files = checkpoint.shardGroups?.map(\.file) ?? []
+    }
+
+    var totalParameters: Int { rows.reduce(0) { $0 + $1.parameters } }
+    var totalBytes: Int { rows.reduce(0) { $0 + $1.bytes } }
+
+    func json() -> JSONValue {
+        var members: [JSONMember] = [
+            JSONMember(key: "path", value: .string(path)),
+            JSONMember(key: "format", value: .string(format)),
+        ]
+        if !files.isEmpty { members.append(JSONMember(key: "files", value: .array(files.map(JSONValue.string)))) }
+        if let metadata {
+            members.append(JSONMember(key: "metadata", value: .object(metadata.map { JSONMember(key: $0.key, value: .string($0.value)) })))
+        }
+        members.append(JSONMember(key: "tensors", value: .array(rows.map { row in
+            .object([
+                JSONMember(key: "name", value: .string(row.name)),
+                JSONMember(key: "dtype", value: .string(row.dtype.rawValue)),
+                JSONMember(key: "shape", value: .array(row.shape.dimensions.map(JSONValue.integer))),
+                JSONMember(key: "parameters", value: .integer(row.parameters)),
+                JSONMember(key: "bytes", value: .integer(row.bytes)),
+            ])
+        })))
+        members.append(JSONMember(key: "total_parameters", value: .integer(totalParameters)))
+        members.append(JSONMember(key: "total_bytes", value: .integer(totalBytes)))
+        return .object(members)
+    }
+
+    func table() -> String {
+        var lines: [String] = []
+        lines.append("\(path): \(format)" + (files.isEmpty ? "" : ", \(files.count) shards"))
+        if let metadata, !metadata.isEmpty {
+            lines.append("metadata: " + metadata.map { "\($0.key)=\($0.value)" }.joined(separator: ", "))
+        }
+        let header = ["name", "dtype", "shape", "parameters", "bytes"]
+        let cells = rows.map { [$0.name, $0.dtype.rawValue, $0.shape.description, grouped($0.parameters), grouped($0.bytes)] }
+        let widths = (0..<header.count).map { column in ([header] + cells).map { $0[column].count }.max()! }
+        func line(_ cells: [String]) -> String {
+            cells.enumerated().map { column, text in
+                let padding = String(repeating: " ", count: widths[column] - text.count)
+                return column >= 3 ? padding + text : text + padding
+            }.joined(separator: "  ")
+        }
+        lines.append(line(header))
+        lines.append(contentsOf: cells.map(line))
+        lines.append(
+            "\(rows.count) tensors, \(grouped(totalParameters)) parameters, \(grouped(totalBytes)) bytes"
+                + " (\(ProgressBar.formatBytes(Double(totalBytes))))")
+        return lines.joined(separator: "\n")
+    }
+
+    private func grouped(_ value: Int) -> String {
+        let digits = Array(String(value))
+        var out = ""
+        for (i, d) in digits.enumerated() {
+            if i > 0 && (digits.count - i) % 3 == 0 { out.append(",") }
+            out.append(d)
+        }
+        return out
+    }
+}

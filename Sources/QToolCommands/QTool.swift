@@ -1,0 +1,85 @@
+import ArgumentParser
+import TensorCore
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
+/// The `qtool` command line.
+public struct QTool: ParsableCommand {
+    public static let version = "0.1.0"
+
+    public static let configuration = CommandConfiguration(
+        commandName: "qtool",
+        abstract: "Quantize, convert, merge and check checkpoints for the 4-bit QLoRA workflow.",
+        discussion: """
+            Commands, with an example each:
+              inspect   List the tensors of a checkpoint.
+                          qtool inspect fixtures/tiny-llama --json
+              convert   Convert between formats, cast float tensors, shard.
+                          qtool convert fixtures/tiny-llama out/tiny-f32 --dtype f32 --max-shard-size 2MB
+
+            Errors about input files are printed as 'error: <file>: <problem>' and exit with
+            status 2; success exits 0.
+            """,
+        version: version,
+        subcommands: [InspectCommand.self, ConvertCommand.self]
+    )
+
+    public init() {}
+
+    /// Runs the command line, printing input errors as `error: <file>: <problem>` with status 2.
+    public static func run(arguments: [String]? = nil) -> Int32 {
+        do {
+            var command = try parseAsRoot(arguments)
+            try command.run()
+            return 0
+        } catch let error as FileError {
+            StandardError.write("error: \(error.path): \(error.problem)\n")
+            return 2
+        } catch {
+            let code = exitCode(for: error)
+            if code == .success {
+                print(fullMessage(for: error))
+            } else {
+                StandardError.write(fullMessage(for: error) + "\n")
+            }
+            return code.rawValue
+        }
+    }
+
+    public static func main() {
+        Glibc.exit(run())
+    }
+}
+
+/// Writes to the process's standard error, unbuffered.
+public enum StandardError {
+    public static func write(_ text: String) {
+        var copy = text
+        copy.withUTF8 { bytes in
+            var offset = 0
+            while offset < bytes.count {
+                let n = Glibc.write(2, bytes.baseAddress! + offset, bytes.count - offset)
+                if n <= 0 { break }
+                offset += n
+            }
+        }
+    }
+
+    /// Whether standard error is a terminal (progress bars are drawn only then).
+    public static var isTerminal: Bool { isatty(2) == 1 }
+}
+
+/// A problem with the command's inputs that is not a file format error (missing file, a path
+/// that cannot be both input and output, …).
+public struct CommandError: FileError {
+    public let path: String
+    public let problem: String
+    public init(path: String, _ problem: String) {
+        self.path = path
+        self.problem = problem
+    }
+}

@@ -1,0 +1,72 @@
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
+/// A whole file mapped read-only into memory.
+///
+/// Pages are read on first touch and can be given back with `releasePages`, so streaming a large
+/// file through a mapping keeps the resident set small.
+public final class MappedFile: @unchecked Sendable {
+    public let path: String
+    public let count: Int
+    private let base: UnsafeRawPointer?
+    private let mappedLength: Int
+
+    public init(path: String) throws {
+        self.path = path
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw TensorCoreError.cannotOpen(path: path, reason: systemErrorText()) }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else {
+            throw TensorCoreError.cannotOpen(path: path, reason: systemErrorText())
+        }
+        guard (info.st_mode & S_IFMT) == S_IFREG else { throw TensorCoreError.notAFile(path: path) }
+        count = Int(info.st_size)
+        if count == 0 {
+            base = nil
+            mappedLength = 0
+            return
+        }
+        let pointer = mmap(nil, count, PROT_READ, MAP_PRIVATE, fd, 0)
+        guard let pointer, pointer != MAP_FAILED else {
+            throw TensorCoreError.cannotMap(path: path, reason: systemErrorText())
+        }
+        base = UnsafeRawPointer(pointer)
+        mappedLength = count
+    }
+
+    deinit {
+        if let base { munmap(UnsafeMutableRawPointer(mutating: base), mappedLength) }
+    }
+
+    /// Calls `body` with the bytes of `range`, which the caller has checked against `count`.
+    @inlinable
+    public func withBytes<R>(in range: Range<Int>, _ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        precondition(range.lowerBound >= 0 && range.upperBound <= count, "range outside the mapped file")
+        return try body(UnsafeRawBufferPointer(start: baseAddress.map { $0 + range.lowerBound }, count: range.count))
+    }
+
+    @usableFromInline var baseAddress: UnsafeRawPointer? { base }
+
+    /// Drops the pages wholly inside `range` from this process's resident set; the data stays
+    /// readable (it is read back from the page cache on the next touch).
+    public func releasePages(_ range: Range<Int>) {
+        guard let base, !range.isEmpty else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let start = (range.lowerBound + page - 1) / page * page
+        let end = range.upperBound == count ? count : range.upperBound / page * page
+        guard end > start else { return }
+        _ = madvise(UnsafeMutableRawPointer(mutating: base + start), end - start, MADV_DONTNEED)
+    }
+
+    /// Asks the kernel to read `range` ahead of use.
+    public func prefetch(_ range: Range<Int>) {
+        guard let base, !range.isEmpty else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let start = range.lowerBound / page * page
+        _ = madvise(UnsafeMutableRawPointer(mutating: base + start), range.upperBound - start, MADV_WILLNEED)
+    }
+}

@@ -1,0 +1,149 @@
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
+/// Bytes owned by a tensor, allocated once and freed with it.
+public final class OwnedBytes: @unchecked Sendable {
+    public let buffer: UnsafeMutableRawBufferPointer
+
+    public init(count: Int) {
+        buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(count, 1), alignment: 64)
+        if count == 0 { buffer.storeBytes(of: 0, as: UInt8.self) }
+        self.count = count
+    }
+
+    public convenience init(copying bytes: UnsafeRawBufferPointer) {
+        self.init(count: bytes.count)
+        if bytes.count > 0 { buffer.baseAddress!.copyMemory(from: bytes.baseAddress!, byteCount: bytes.count) }
+    }
+
+    public let count: Int
+
+    deinit { buffer.deallocate() }
+}
+
+/// Where a tensor's bytes live: in memory it owns, or in a range of a memory-mapped file.
+public enum TensorStorage: Sendable {
+    case owned(OwnedBytes)
+    case mapped(MappedFile, Range<Int>)
+}
+
+/// Anything that can be streamed to a writer: a stored tensor, or one computed chunk by chunk.
+public protocol TensorPayload: Sendable {
+    var dtype: DType { get }
+    var shape: Shape { get }
+    /// Bytes the payload streams in all.
+    var byteCount: Int { get }
+    /// Calls `sink` with consecutive pieces of the payload's bytes, each at most about
+    /// `chunkBytes` long (a piece of a stored tensor may be handed over whole).
+    func stream(chunkBytes: Int, into sink: (UnsafeRawBufferPointer) throws -> Void) throws
+}
+
+/// A dense, row-major, little-endian tensor.
+public struct Tensor: TensorPayload {
+    public let dtype: DType
+    public let shape: Shape
+    public let storage: TensorStorage
+
+    /// A tensor over `storage`, whose size the caller has checked against `shape` and `dtype`.
+    public init(dtype: DType, shape: Shape, storage: TensorStorage) {
+        self.dtype = dtype
+        self.shape = shape
+        self.storage = storage
+    }
+
+    /// A tensor that owns a copy of `bytes`.
+    public init(dtype: DType, shape: Shape, copying bytes: UnsafeRawBufferPointer) {
+        self.init(dtype: dtype, shape: shape, storage: .owned(OwnedBytes(copying: bytes)))
+    }
+
+    /// A tensor that owns the bytes of `values`.
+    public init<T>(dtype: DType, shape: Shape, values: [T]) {
+        precondition(values.count * MemoryLayout<T>.stride * 8 == shape.elementCount * dtype.bitSize)
+        self = values.withUnsafeBytes { Tensor(dtype: dtype, shape: shape, copying: $0) }
+    }
+
+    public var byteCount: Int {
+        switch storage {
+        case .owned(let bytes): bytes.count
+        case .mapped(_, let range): range.count
+        }
+    }
+
+    public var elementCount: Int { shape.elementCount }
+
+    /// Calls `body` with all the tensor's bytes.
+    public func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        switch storage {
+        case .owned(let bytes):
+            return try body(UnsafeRawBufferPointer(start: bytes.buffer.baseAddress, count: bytes.count))
+        case .mapped(let file, let range):
+            return try file.withBytes(in: range, body)
+        }
+    }
+
+    /// The elements as an array of `T` (which must match the dtype's width).
+    public func values<T>(as type: T.Type) -> [T] {
+        precondition(MemoryLayout<T>.stride * 8 == dtype.bitSize)
+        return withBytes { Array($0.bindMemory(to: T.self)) }
+    }
+
+    /// Streams the bytes in pieces of at most `chunkBytes`; for a mapped tensor each piece's pages
+    /// are released once consumed, so a tensor larger than memory streams with a resident set of
+    /// about one chunk.
+    public func stream(chunkBytes: Int, into sink: (UnsafeRawBufferPointer) throws -> Void) throws {
+        let step = max(chunkBytes, 1)
+        switch storage {
+        case .owned(let bytes):
+            var start = 0
+            repeat {
+                let end = min(bytes.count, start + step)
+                try sink(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(bytes.buffer)[start..<end]))
+                start = end
+            } while start < bytes.count
+        case .mapped(let file, let range):
+            var start = range.lowerBound
+            repeat {
+                let end = min(range.upperBound, start + step)
+                file.prefetch(end..<min(range.upperBound, end + step))
+                try file.withBytes(in: start..<end, sink)
+                file.releasePages(start..<end)
+                start = end
+            } while start < range.upperBound
+        }
+    }
+
+    /// Bytes that are equal in both tensors, with the same dtype and shape.
+    public func isIdentical(to other: Tensor) -> Bool {
+        guard dtype == other.dtype, shape == other.shape, byteCount == other.byteCount else { return false }
+        return withBytes { a in other.withBytes { b in a.elementsEqual(b) } }
+    }
+}
+
+/// Tensors in a stable order, each with its name, and the file's string metadata.
+public struct NamedTensors: Sendable {
+    public private(set) var names: [String] = []
+    private var tensorsByName: [String: Tensor] = [:]
+    /// Free-form string metadata (safetensors `__metadata__`) in file order; nil when there is none.
+    public var metadata: [(key: String, value: String)]? = nil
+
+    public init() {}
+
+    public var count: Int { names.count }
+
+    public subscript(name: String) -> Tensor? { tensorsByName[name] }
+
+    /// Adds a tensor; returns false (and changes nothing) when the name is taken.
+    @discardableResult
+    public mutating func append(_ name: String, _ tensor: Tensor) -> Bool {
+        guard tensorsByName[name] == nil else { return false }
+        names.append(name)
+        tensorsByName[name] = tensor
+        return true
+    }
+
+    /// Name and tensor pairs in order.
+    public var entries: [(name: String, tensor: Tensor)] { names.map { ($0, tensorsByName[$0]!) } }
+}

@@ -45,8 +45,6 @@ public struct SafeTensorsHeader: Sendable {
             throw .headerPastEnd(path: path, length: declared, fileSize: fileBytes.count)
         }
         guard String(validating: json, as: UTF8.self) != nil else { throw .headerNotUTF8(path: path) }
-        // The reference requires the text to start with '{' (no leading whitespace).
-        guard json.first == UInt8(ascii: "{") else { throw .headerNotObject(path: path) }
         let root: JSONValue
         do {
             root = try JSONParser.parse(json)

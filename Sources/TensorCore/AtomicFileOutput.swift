@@ -1,3 +1,5 @@
+import Dispatch
+
 #if canImport(Glibc)
     import Glibc
 #elseif canImport(Darwin)
@@ -7,17 +9,23 @@
 /// A file written under a temporary name beside its destination and renamed into place only when
 /// complete: a failed or interrupted write leaves the destination as it was.
 ///
-/// Writes are buffered; pieces larger than the buffer go straight to the kernel.
-public final class AtomicFileOutput {
+/// Writes are double-buffered: while the caller fills one buffer, a writer thread hands the other
+/// to the kernel, so producing bytes (copying, converting) overlaps with the kernel's copy.
+public final class AtomicFileOutput: @unchecked Sendable {
     public let destination: String
     public let temporaryPath: String
     private var fd: Int32
-    private var buffer: UnsafeMutableRawBufferPointer
+    private let buffers: [UnsafeMutableRawBufferPointer]
+    private var current = 0
     private var buffered = 0
     public private(set) var bytesWritten = 0
     private var finished = false
+    private let writer = DispatchQueue(label: "qtool.file-writer")
+    /// Signalled when the writer thread is idle; `writeError` is set before the signal.
+    private let writerIdle = DispatchSemaphore(value: 1)
+    private var writeError: TensorCoreError?
 
-    public init(destination: String, bufferSize: Int = 1 << 22) throws {
+    public init(destination: String, bufferSize: Int = 1 << 23) throws {
         self.destination = destination
         let directory = FilePaths.directory(of: destination)
         let base = FilePaths.lastComponent(of: destination)
@@ -32,28 +40,25 @@ public final class AtomicFileOutput {
         let mask = umask(0)
         umask(mask)
         fchmod(fd, 0o666 & ~mask)
-        buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bufferSize, alignment: 4096)
+        buffers = (0..<2).map { _ in UnsafeMutableRawBufferPointer.allocate(byteCount: bufferSize, alignment: 4096) }
     }
 
     deinit {
         if !finished { abort() }
-        buffer.deallocate()
+        for buffer in buffers { buffer.deallocate() }
     }
 
     /// Appends `bytes`.
     public func write(_ bytes: UnsafeRawBufferPointer) throws {
-        guard bytes.count > 0 else { return }
-        if buffered + bytes.count <= buffer.count {
-            UnsafeMutableRawBufferPointer(rebasing: buffer[buffered..<(buffered + bytes.count)]).copyMemory(from: bytes)
-            buffered += bytes.count
-        } else {
-            try flush()
-            if bytes.count >= buffer.count {
-                try writeAll(bytes)
-            } else {
-                UnsafeMutableRawBufferPointer(rebasing: buffer[0..<bytes.count]).copyMemory(from: bytes)
-                buffered = bytes.count
-            }
+        var offset = 0
+        while offset < bytes.count {
+            let buffer = buffers[current]
+            if buffered == buffer.count { try flush() }
+            let n = min(bytes.count - offset, buffer.count - buffered)
+            UnsafeMutableRawBufferPointer(rebasing: buffers[current][buffered..<(buffered + n)])
+                .copyMemory(from: UnsafeRawBufferPointer(rebasing: bytes[offset..<(offset + n)]))
+            buffered += n
+            offset += n
         }
         bytesWritten += bytes.count
     }
@@ -62,40 +67,55 @@ public final class AtomicFileOutput {
         try bytes.withUnsafeBytes { try write($0) }
     }
 
+    /// Hands the filled buffer to the writer thread and switches to the other one.
     private func flush() throws {
         guard buffered > 0 else { return }
-        try writeAll(UnsafeRawBufferPointer(rebasing: buffer[0..<buffered]))
+        writerIdle.wait()
+        if let writeError {
+            writerIdle.signal()
+            throw writeError
+        }
+        let index = current
+        let count = buffered
+        writer.async { [self] in
+            if let error = writeAll(UnsafeRawBufferPointer(rebasing: buffers[index][0..<count])) { writeError = error }
+            writerIdle.signal()
+        }
+        current ^= 1
         buffered = 0
     }
 
-    private func writeAll(_ bytes: UnsafeRawBufferPointer) throws {
+    /// Waits for the writer thread; throws what it met.
+    private func drain() throws {
+        try flush()
+        writerIdle.wait()
+        writerIdle.signal()
+        if let writeError { throw writeError }
+    }
+
+    private func writeAll(_ bytes: UnsafeRawBufferPointer) -> TensorCoreError? {
         var offset = 0
         while offset < bytes.count {
             let n = systemWrite(fd, bytes.baseAddress! + offset, bytes.count - offset)
             if n < 0 {
                 if errno == EINTR { continue }
-                throw TensorCoreError.cannotWrite(path: destination, reason: systemErrorText())
+                return TensorCoreError.cannotWrite(path: destination, reason: systemErrorText())
             }
             offset += n
         }
+        return nil
     }
 
     /// Flushes, syncs and renames the file into place.
     public func commit() throws {
-        try flush()
-        guard fsync(fd) == 0 else { throw TensorCoreError.cannotWrite(path: destination, reason: systemErrorText()) }
-        close(fd)
-        fd = -1
-        guard rename(temporaryPath, destination) == 0 else {
-            throw TensorCoreError.cannotWrite(path: destination, reason: systemErrorText())
-        }
-        finished = true
+        try prepareCommit()
+        try finishCommit()
         FilePaths.syncDirectory(FilePaths.directory(of: destination))
     }
 
     /// Flushes and syncs without renaming (for outputs that commit several files together).
     public func prepareCommit() throws {
-        try flush()
+        try drain()
         guard fsync(fd) == 0 else { throw TensorCoreError.cannotWrite(path: destination, reason: systemErrorText()) }
         close(fd)
         fd = -1
@@ -111,6 +131,9 @@ public final class AtomicFileOutput {
 
     /// Removes the temporary file; the destination is untouched.
     public func abort() {
+        // Let a write in flight finish before its descriptor and buffer go away.
+        writerIdle.wait()
+        writerIdle.signal()
         if fd >= 0 { close(fd) }
         fd = -1
         unlink(temporaryPath)

@@ -1,0 +1,112 @@
+"""`make bench`: whole-process qtool against its Python peers on the same inputs, in one run.
+
+Each case runs qtool and the peer alternately (`--repeat` times, best time kept) under
+/usr/bin/time -v for peak RSS; the table gives throughput, peak RSS and the ratio. The work folder
+defaults to /dev/shm so the figures measure the tools, not this machine's disk (which writes at
+about 0.3 GB/s with fsync); pass --dir to measure on disk.
+"""
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+
+def run(cmd, env=None):
+    """Runs a command under /usr/bin/time -v; returns (wall seconds, peak RSS bytes, stdout)."""
+    start = time.perf_counter()
+    p = subprocess.run(["/usr/bin/time", "-v"] + cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - start
+    if p.returncode != 0:
+        sys.exit(f"benchmark command failed: {' '.join(cmd)}\n{p.stderr[-2000:]}")
+    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr).group(1)) * 1024
+    return wall, rss, p.stdout
+
+
+def make_input(path, gigabytes):
+    """A float32 safetensors file of Llama-like 2-D tensors, written by the safetensors library."""
+    if path.exists():
+        return
+    import torch
+    from safetensors.torch import save_file
+    torch.manual_seed(0)
+    rows, cols = 4096, 1024  # 16 MiB per tensor
+    count = max(1, round(gigabytes * 1e9 / (rows * cols * 4)))
+    tensors = {f"model.layers.{i // 4}.mlp.proj_{i % 4}.weight": torch.randn(rows, cols) for i in range(count)}
+    tensors["model.norm.weight"] = torch.ones(cols)
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, tmp, metadata={"format": "pt"})
+    tmp.rename(path)
+
+
+def fmt_bytes(n):
+    return f"{n / 1e6:,.0f} MB"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--dir", default="/dev/shm/qtool-bench", help="work folder (inputs and outputs)")
+    parser.add_argument("--size-gb", type=float, default=1.07, help="size of the float32 input")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--qtool", default=str(ROOT / ".build/release/qtool"))
+    parser.add_argument("--json", action="store_true", help="print the results as JSON too")
+    args = parser.parse_args()
+
+    work = Path(args.dir)
+    work.mkdir(parents=True, exist_ok=True)
+    src = work / f"input-f32-{args.size_gb:g}GB.safetensors"
+    make_input(src, args.size_gb)
+    size = src.stat().st_size
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+
+    cases = [
+        ("convert (lossless)", [args.qtool, "convert", str(src), str(work / "q.safetensors"), "--quiet"],
+         [PY, str(ROOT / "Benchmarks/peer_convert.py"), str(src), str(work / "p.safetensors")]),
+        ("convert --dtype bf16", [args.qtool, "convert", str(src), str(work / "q.safetensors"), "--dtype", "bf16", "--quiet"],
+         [PY, str(ROOT / "Benchmarks/peer_convert.py"), str(src), str(work / "p.safetensors"), "bf16"]),
+    ]
+    results = []
+    for name, qcmd, pcmd in cases:
+        best = {"qtool": None, "peer": None}
+        for _ in range(args.repeat):
+            for who, cmd in (("qtool", qcmd), ("peer", pcmd)):
+                wall, rss, out = run(cmd, env)
+                inproc = json.loads(out)["seconds"] if who == "peer" else wall
+                cur = best[who]
+                if cur is None or wall < cur["wall"]:
+                    best[who] = {"wall": wall, "rss": rss, "inproc": inproc}
+        q, p = best["qtool"], best["peer"]
+        same = (work / "q.safetensors").read_bytes() == (work / "p.safetensors").read_bytes()
+        results.append({"case": name, "input_bytes": size,
+                        "qtool_seconds": q["wall"], "qtool_gbps": size / q["wall"] / 1e9, "qtool_peak_rss": q["rss"],
+                        "peer_seconds": p["wall"], "peer_inprocess_seconds": p["inproc"],
+                        "peer_gbps": size / p["inproc"] / 1e9, "peer_peak_rss": p["rss"],
+                        "speedup_vs_peer_inprocess": p["inproc"] / q["wall"], "speedup_vs_peer_process": p["wall"] / q["wall"],
+                        "identical_output": same})
+        for f in ("q.safetensors", "p.safetensors"):
+            (work / f).unlink(missing_ok=True)
+
+    print(f"qtool bench — {platform.machine()}, {os.cpu_count()} cores, work folder {work}, input {fmt_bytes(size)} float32")
+    print("peer: Python safetensors.torch load_file (+ .to(dtype)) + save_file; GB/s of the peer counts its "
+          "in-process time only (imports excluded), qtool's is the whole process")
+    header = f"{'case':24} {'qtool s':>8} {'qtool GB/s':>10} {'qtool RSS':>10} {'peer s':>8} {'peer GB/s':>9} {'peer RSS':>10} {'× peer':>7} {'same bytes':>10}"
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        print(f"{r['case']:24} {r['qtool_seconds']:8.3f} {r['qtool_gbps']:10.2f} {fmt_bytes(r['qtool_peak_rss']):>10} "
+              f"{r['peer_inprocess_seconds']:8.3f} {r['peer_gbps']:9.2f} {fmt_bytes(r['peer_peak_rss']):>10} "
+              f"{r['speedup_vs_peer_inprocess']:7.2f} {str(r['identical_output']):>10}")
+    if args.json:
+        print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+# qtool — `make demo` and `make test` work on a fresh Debian machine with Swift installed.
+SWIFT      ?= swift
+VENV       ?= .venv
+PYTHON     := $(VENV)/bin/python
+QTOOL      := .build/release/qtool
+DEMO       := .demo
+APT_DEPS   := libhdf5-dev libzstd-dev libopenblas-dev pkg-config
+export OPENBLAS_NUM_THREADS ?= 1
+
+.PHONY: all setup build test demo bench fixtures venv manifest clean
+
+all: build
+
+## setup: install the C libraries qtool links (zstd, HDF5, OpenBLAS) when missing
+setup:
+	@missing=""; for p in $(APT_DEPS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+## build: release build of the qtool binary
+build: setup
+	$(SWIFT) build -c release --product qtool
+
+## test: every test, against the committed fixtures (no Python needed)
+test: setup
+	$(SWIFT) test
+
+## demo: the main job on the bundled model
+demo: build
+	@rm -rf $(DEMO) && mkdir -p $(DEMO)
+	@echo "== qtool inspect fixtures/tiny-llama"
+	@$(QTOOL) inspect fixtures/tiny-llama
+	@echo
+	@echo "== qtool convert fixtures/tiny-llama $(DEMO)/tiny-llama-f32 --dtype f32 --max-shard-size 2MB"
+	@$(QTOOL) convert fixtures/tiny-llama $(DEMO)/tiny-llama-f32 --dtype f32 --max-shard-size 2MB
+	@ls -l $(DEMO)/tiny-llama-f32
+	@echo
+	@echo "== qtool convert $(DEMO)/tiny-llama-f32 $(DEMO)/tiny-llama-bf16.safetensors --dtype bf16"
+	@$(QTOOL) convert $(DEMO)/tiny-llama-f32 $(DEMO)/tiny-llama-bf16.safetensors --dtype bf16
+	@cmp $(DEMO)/tiny-llama-bf16.safetensors fixtures/tiny-llama/model.safetensors \
+	  && echo "bf16 -> f32 (sharded) -> bf16 gives back transformers' model.safetensors byte for byte"
+
+## venv: the Python reference libraries, for fixtures and benchmarks only
+venv: $(PYTHON)
+$(PYTHON): fixtures/generate/requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q -r fixtures/generate/requirements.txt
+	@touch $(PYTHON)
+
+## bench: whole-process qtool against the Python peers, same inputs, same run
+bench: build venv
+	$(PYTHON) Benchmarks/bench.py
+
+## fixtures: regenerate every golden with the reference libraries (records their versions)
+fixtures: venv
+	HF_HUB_OFFLINE=1 $(PYTHON) fixtures/generate/make_all.py
+
+## manifest: refresh fixtures/MANIFEST.sha256
+manifest:
+	cd fixtures && find . -type f ! -name MANIFEST.sha256 ! -path './generate/*' | LC_ALL=C sort | xargs sha256sum > MANIFEST.sha256
+
+clean:
+	rm -rf .build $(DEMO)

@@ -51,6 +51,9 @@ public struct QTool: ParsableCommand {
     }
 
     public static func main() {
+        // Past a file-size limit, writes should fail with EFBIG (reported, temporaries removed)
+        // rather than kill the process.
+        signal(SIGXFSZ, SIG_IGN)
         Glibc.exit(run())
     }
 }

@@ -142,6 +142,22 @@ struct CommandLineTests {
         #expect(badShard.status == 64)
     }
 
+    @Test func aFailedWriteIsReportedAndLeavesNothing() throws {
+        let folder = Fixtures.temporaryFolder()
+        // A 64 KiB file-size limit makes the write of the 4 MB model fail part way.
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/sh")
+        process.arguments = ["-c", "ulimit -f 64; exec \"$0\" convert \"$1\" \"$2\" --dtype f32", QToolBinary.path, model, folder + "/out"]
+        let err = Pipe()
+        process.standardError = err
+        try process.run()
+        let message = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 2)
+        #expect(message.hasPrefix("error: \(folder)/out/model.safetensors: cannot write: File too large"), "\(message)")
+        #expect(Fixtures.listing(folder).isEmpty)
+    }
+
     @Test func anExistingOutputSurvivesAFailedConvert() throws {
         let folder = Fixtures.temporaryFolder()
         let output = folder + "/keep.safetensors"

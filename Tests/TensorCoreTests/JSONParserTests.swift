@@ -1,0 +1,92 @@
+import Testing
+
+@testable import TensorCore
+
+struct JSONParserTests {
+    @Test func keepsMemberOrderAndNumberText() throws {
+        let value = try JSONParser.parse(#" {"b": 1, "a": [1.50, -0, 2e3], "c": {"x": null, "y": true}, "s": "\u00fc\n\ud83e\udd99"} "#)
+        #expect(value.objectMembers?.map(\.key) == ["b", "a", "c", "s"])
+        #expect(value["a"] == .array([.number("1.50"), .number("-0"), .number("2e3")]))
+        #expect(value["b"]?.integerValue == 1)
+        #expect(value["a"]?.arrayValues?[2].integerValue == nil, "an exponent is not an integer")
+        #expect(value["s"]?.stringValue == "ü\n🦙")
+        #expect(value["c"]?["y"] == .bool(true))
+    }
+
+    @Test(arguments: [
+        ("{\"a\":1,}", "expected a string key"),
+        ("[1,]", "unexpected character"),
+        ("{\"a\" 1}", "expected ':'"),
+        ("01", "leading zero"),
+        ("1.", "invalid number"),
+        ("NaN", "unexpected character"),
+        ("\"abc", "unterminated string"),
+        ("\"a\u{01}\"", "control character"),
+        ("\"\\x\"", "invalid escape"),
+        ("\"\\ud800\"", "unpaired surrogate"),
+        ("{} x", "unexpected text after"),
+        ("", "unexpected end"),
+        ("tru", "invalid literal"),
+    ])
+    func rejects(_ text: String, _ message: String) {
+        #expect {
+            _ = try JSONParser.parse(text)
+        } throws: { error in
+            (error as? JSONParseError)?.message.contains(message) == true
+        }
+    }
+
+    @Test func reportsDuplicateKeysByName() {
+        #expect {
+            _ = try JSONParser.parse(#"{"a": 1, "b": {"c": 1, "c": 2}}"#)
+        } throws: { error in
+            (error as? JSONParseError)?.duplicateKey == "c"
+        }
+    }
+
+    @Test func limitsNestingDepth() {
+        let deep = String(repeating: "[", count: 1000) + String(repeating: "]", count: 1000)
+        #expect(throws: JSONParseError.self) { _ = try JSONParser.parse(deep) }
+        let fine = String(repeating: "[", count: 100) + String(repeating: "]", count: 100)
+        #expect(throws: Never.self) { _ = try JSONParser.parse(fine) }
+    }
+
+    @Test func quotesLikeSerdeAndPython() {
+        let text = "a\"\\\n\u{01}\u{7F}ü🦙"
+        #expect(JSONStyle.serde.quoted(text) == "\"a\\\"\\\\\\n\\u0001\u{7F}ü🦙\"")
+        #expect(JSONStyle.python.quoted(text) == "\"a\\\"\\\\\\n\\u0001\\u007f\\u00fc\\ud83e\\udd99\"")
+    }
+}
+
+struct ShapeAndSizeTests {
+    @Test func elementAndByteCountsAreOverflowChecked() {
+        #expect(Shape([3, 4]).checkedByteCount(of: .bf16) == 24)
+        #expect(Shape([]).checkedElementCount == 1)
+        #expect(Shape([0, 5]).checkedByteCount(of: .f32) == 0)
+        #expect(Shape([1 << 62, 4]).checkedElementCount == nil)
+        #expect(Shape([1 << 61]).checkedByteCount(of: .f64) == nil)
+        #expect(Shape([3]).checkedByteCount(of: .f4) == nil, "half a byte left over")
+        #expect(Shape([4]).checkedByteCount(of: .f4) == 2)
+        #expect(Shape([-1]).checkedElementCount == nil)
+    }
+
+    @Test func byteReaderStopsAtTheEnd() {
+        let bytes: [UInt8] = [1, 0, 0, 0, 0, 0, 0, 0, 9]
+        bytes.withUnsafeBytes { raw in
+            var reader = ByteReader(raw)
+            #expect(reader.read(UInt64.self) == 1)
+            #expect(reader.read(UInt16.self) == nil)
+            #expect(reader.readBytes(2) == nil)
+            #expect(reader.read(UInt8.self) == 9)
+            #expect(reader.remaining == 0)
+        }
+    }
+
+    @Test func dtypeOrderIsTheReferenceWriters() {
+        // safetensors sorts by this rank, descending: 8-byte types first, BOOL last.
+        let order = DType.allCases.sorted { $0.safetensorsRank > $1.safetensorsRank }.map(\.rawValue)
+        #expect(order.prefix(5) == ["U64", "I64", "F64", "C64", "F32"])
+        #expect(order.last == "BOOL")
+        #expect(DType(userName: "bfloat16") == .bf16 && DType(userName: "F16") == .f16 && DType(userName: "x") == nil)
+    }
+}

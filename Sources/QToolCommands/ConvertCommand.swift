@@ -65,7 +65,6 @@ struct ConvertCommand: ParsableCommand {
         let totalBytes = items.reduce(0) { $0 + $1.payload.byteCount }
         let progress = ProgressBar(label: "convert", total: totalBytes, quiet: quiet)
         let tracked = items.map { SafeTensorsWriter.Item(name: $0.name, payload: ProgressPayload(base: $0.payload, progress: progress)) }
-        ProgressPayload.reset()
 
         let written: [String]
         if output.hasSuffix(".safetensors") {
@@ -117,7 +116,7 @@ struct ConvertCommand: ParsableCommand {
                 }
             }
             // Weight files of an earlier save that this one does not replace would confuse loaders.
-            let stale = try FilePaths.contents(of: output).filter { $0.hasSuffix(".safetensors") || $0 == SafeTensorsModel.indexName }
+            let stale = try FilePaths.contents(of: output).filter(ShardedWriter.isModelWeightFile)
             try transaction.commit(removingStale: stale)
             return names
         } catch {
@@ -142,9 +141,6 @@ enum ConfigDType {
 struct ProgressPayload: TensorPayload {
     let base: any TensorPayload
     let progress: ProgressBar
-    nonisolated(unsafe) static var done = 0
-
-    static func reset() { done = 0 }
 
     var dtype: DType { base.dtype }
     var shape: Shape { base.shape }
@@ -153,10 +149,7 @@ struct ProgressPayload: TensorPayload {
     func stream(chunkBytes: Int, into sink: (UnsafeRawBufferPointer) throws -> Void) throws {
         try base.stream(chunkBytes: chunkBytes) { piece in
             try sink(piece)
-            ProgressPayload.done += piece.count
-            progress.update(ProgressPayload.done)
+            progress.advance(by: piece.count)
         }
     }
 }
-
-extension ProgressBar: @unchecked Sendable {}

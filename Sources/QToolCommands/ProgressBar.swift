@@ -2,7 +2,9 @@ import Foundation
 
 /// A progress bar with rate and ETA on standard error, drawn only when standard error is a
 /// terminal and not silenced, and only once the work has taken more than half a second.
-public final class ProgressBar {
+/// Driven from the thread that does the work; `@unchecked` because it is never shared between
+/// threads at once.
+public final class ProgressBar: @unchecked Sendable {
     private let label: String
     private let total: Int
     private let enabled: Bool
@@ -10,6 +12,7 @@ public final class ProgressBar {
     private var lastDraw = Date.distantPast
     private var drawn = false
     private let unit: Unit
+    private var done = 0
 
     public enum Unit { case bytes, items }
 
@@ -20,7 +23,14 @@ public final class ProgressBar {
         enabled = !quiet && StandardError.isTerminal
     }
 
+    /// Records `count` more units done and redraws when due.
+    public func advance(by count: Int) {
+        done += count
+        update(done)
+    }
+
     public func update(_ done: Int) {
+        self.done = done
         guard enabled else { return }
         let now = Date()
         let elapsed = now.timeIntervalSince(start)

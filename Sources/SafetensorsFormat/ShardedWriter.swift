@@ -36,6 +36,16 @@ public enum ShardedWriter {
         return "model-\(five(index + 1))-of-\(five(count)).safetensors"
     }
 
+    /// Whether `name` is a weight file of a save in this layout: `model.safetensors`, a numbered
+    /// shard or the index (transformers removes only these when it saves over a folder).
+    public static func isModelWeightFile(_ name: String) -> Bool {
+        if name == SafeTensorsModel.singleFileName || name == SafeTensorsModel.indexName { return true }
+        let parts = name.split(separator: "-", omittingEmptySubsequences: false)
+        return parts.count == 4 && parts[0] == "model" && parts[2] == "of" && parts[1].count == 5
+            && parts[1].allSatisfy(\.isNumber) && parts[3].hasSuffix(".safetensors")
+            && parts[3].dropLast(".safetensors".count).count == 5 && parts[3].dropLast(".safetensors".count).allSatisfy(\.isNumber)
+    }
+
     /// The index file's text, as `json.dumps(index, indent=2, sort_keys=True) + "\n"`.
     public static func indexText(weightMap: [(tensor: String, file: String)], totalSize: Int, totalParameters: Int) -> String {
         let style = JSONStyle.python

@@ -103,9 +103,11 @@ struct CommandLineTests {
         let folder = Fixtures.temporaryFolder() + "/m"
         #expect(try QToolBinary.run(["convert", model, folder, "--max-shard-size", "500KB", "--quiet"]).status == 0)
         #expect(Fixtures.listing(folder).contains("model-00005-of-00005.safetensors"))
+        try Data("keep".utf8).write(to: URL(fileURLWithPath: folder + "/adapter_model.safetensors"))
         #expect(try QToolBinary.run(["convert", folder, folder, "--max-shard-size", "1MB", "--quiet"]).status == 0)
         let files = Fixtures.listing(folder)
         #expect(!files.contains { $0.contains("-of-00005") }, "\(files)")
+        #expect(files.contains("adapter_model.safetensors"), "files that are not this save's weights stay")
         let tensors = try SafeTensorsModel(path: folder).tensors()
         #expect(tensors.count == 39)
     }

@@ -109,6 +109,14 @@ struct SafeTensorsRoundTripTests {
         #expect(ShardedWriter.planShards(byteCounts: [], maxShardSize: 10) == [])
     }
 
+    @Test func recognizesOnlyItsOwnWeightFiles() {
+        #expect(ShardedWriter.isModelWeightFile("model-00002-of-00005.safetensors"))
+        #expect(ShardedWriter.isModelWeightFile("model.safetensors") && ShardedWriter.isModelWeightFile("model.safetensors.index.json"))
+        #expect(!ShardedWriter.isModelWeightFile("adapter_model.safetensors"))
+        #expect(!ShardedWriter.isModelWeightFile("model-2-of-5.safetensors"))
+        #expect(!ShardedWriter.isModelWeightFile("diffusion_model.safetensors"))
+    }
+
     @Test(arguments: [
         ("5GB", 5_000_000_000), ("500MB", 500_000_000), ("2GiB", 2_147_483_648), ("1.5KB", 1500), ("123", 123),
         (" 10 MB ", 10_000_000), ("4kib", 4096), ("7B", 7),

@@ -3,7 +3,7 @@ import PackageDescription
 
 let package = Package(
     name: "qtool",
-    platforms: [.macOS(.v13)],
+    platforms: [.macOS(.v15)],
     products: [
         .executable(name: "qtool", targets: ["qtool"])
     ],
@@ -24,16 +24,20 @@ let package = Package(
 
         .target(name: "TensorCore"),
         .target(name: "SafetensorsFormat", dependencies: ["TensorCore"]),
+        .target(name: "Quantization", dependencies: ["TensorCore"]),
         .target(
             name: "QToolCommands",
             dependencies: [
-                "TensorCore", "SafetensorsFormat",
+                "TensorCore", "SafetensorsFormat", "Quantization",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .executableTarget(name: "qtool", dependencies: ["QToolCommands"]),
 
         .target(name: "TestSupport", dependencies: ["TensorCore"], path: "Tests/TestSupport"),
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore", "SafetensorsFormat", "TestSupport"]),
+        .testTarget(
+            name: "QuantizationTests",
+            dependencies: ["Quantization", "SafetensorsFormat", "TensorCore", "TestSupport"]),
         .testTarget(name: "CLibrariesTests", dependencies: ["CZstd", "CHDF5", "COpenBLAS"]),
         .testTarget(
             name: "SafetensorsFormatTests",

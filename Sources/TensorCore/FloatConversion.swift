@@ -76,7 +76,7 @@ public enum FloatConversion {
 
     /// float32 bit patterns of elements `start..<start+count`.
     @inline(__always)
-    static func decode(_ source: UnsafeRawPointer, _ type: DType, from start: Int, count: Int, into bits: UnsafeMutablePointer<UInt32>) {
+    @usableFromInline static func decode(_ source: UnsafeRawPointer, _ type: DType, from start: Int, count: Int, into bits: UnsafeMutablePointer<UInt32>) {
         switch type {
         case .f32:
             let p = source.assumingMemoryBound(to: UInt32.self) + start
@@ -102,7 +102,7 @@ public enum FloatConversion {
     }
 
     @inline(__always)
-    static func encode(_ bits: UnsafePointer<UInt32>, count: Int, into destination: UnsafeMutableRawPointer, _ type: DType, at start: Int, bf16NaN: UInt16) {
+    @usableFromInline static func encode(_ bits: UnsafePointer<UInt32>, count: Int, into destination: UnsafeMutableRawPointer, _ type: DType, at start: Int, bf16NaN: UInt16) {
         switch type {
         case .f32:
             (destination.assumingMemoryBound(to: UInt32.self) + start).update(from: bits, count: count)
@@ -214,5 +214,29 @@ enum Float8Tables {
             ? Float(mantissa) * Float(sign: .plus, exponent: 1 - bias - mantissaBits, significand: 1)
             : Float(sign: .plus, exponent: exponent - bias, significand: 1 + Float(mantissa) / Float(1 << mantissaBits))
         return negative ? -magnitude : magnitude
+    }
+}
+
+extension FloatConversion {
+    /// Widens elements `start..<start+count` of `source` (any type `canConvert` reads) to float32,
+    /// exactly as torch's `.float()` of a tensor with more than `count` elements.
+    @inlinable
+    public static func decodeToFloat32(
+        _ source: UnsafeRawPointer, _ type: DType, from start: Int, count: Int, into destination: UnsafeMutablePointer<Float>
+    ) {
+        destination.withMemoryRebound(to: UInt32.self, capacity: count) { bits in
+            decode(source, type, from: start, count: count, into: bits)
+        }
+    }
+
+    /// Narrows float32 values into elements `start..<start+count` of `destination` (f32, f16 or
+    /// bf16), rounding to nearest even.
+    @inlinable
+    public static func encodeFromFloat32(
+        _ values: UnsafePointer<Float>, count: Int, into destination: UnsafeMutableRawPointer, _ type: DType, at start: Int
+    ) {
+        values.withMemoryRebound(to: UInt32.self, capacity: count) { bits in
+            encode(bits, count: count, into: destination, type, at: start, bf16NaN: 0x7FC0)
+        }
     }
 }

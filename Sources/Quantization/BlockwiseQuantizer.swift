@@ -1,0 +1,220 @@
+import Synchronization
+import TensorCore
+
+/// What quantizing can refuse.
+public enum QuantizationError: Error, Equatable, CustomStringConvertible {
+    /// bitsandbytes would quantize NaN and infinity into garbage; qtool refuses them.
+    case nonFinite(elementIndex: Int)
+    case unsupportedDType(DType)
+    case invalidBlocksize(Int)
+
+    public var description: String {
+        switch self {
+        case .nonFinite(let index): "holds NaN or infinity (element \(index)); cannot quantize"
+        case .unsupportedDType(let dtype): "is \(dtype.rawValue); only float tensors can be quantized"
+        case .invalidBlocksize(let size): "blocksize \(size) is not a power of two from 32 to 4096"
+        }
+    }
+}
+
+/// The first level of 4-bit quantization: packed codes and one float32 absmax per block.
+public struct BlockwiseQuantization: Sendable {
+    public var quantType: QuantType
+    public var blocksize: Int
+    public var elementCount: Int
+    /// Two codes a byte, the first element in the high nibble; `ceil(elementCount / 2)` bytes.
+    public var packed: [UInt8]
+    public var absmax: [Float]
+
+    public init(quantType: QuantType, blocksize: Int, elementCount: Int, packed: [UInt8], absmax: [Float]) {
+        self.quantType = quantType
+        self.blocksize = blocksize
+        self.elementCount = elementCount
+        self.packed = packed
+        self.absmax = absmax
+    }
+
+    public var blockCount: Int { (elementCount + blocksize - 1) / blocksize }
+}
+
+/// Block-wise 4-bit quantization, bit for bit as bitsandbytes' `quantize_4bit` on CPU
+/// (`backends/default/ops.py`):
+///
+/// - values are widened to float32; each block of `blocksize` has `absmax = max |x|`;
+/// - a full block is scaled by the float32 reciprocal `1 / max(absmax, 1e-38)` (a multiplication),
+///   the last partial block by a division by `max(absmax, 1e-38)`, whose clamped value is stored;
+/// - scaled values are clamped to [-1, 1] and bucketed against the 15 sorted midpoints with
+///   torch.bucketize's `right=False`: the code is the number of midpoints strictly below the value,
+///   so a value on a midpoint takes the lower code; FP4 maps it through `QuantType.order`;
+/// - an odd count is padded with one 0.0 after scaling; two codes pack into a byte, high nibble first.
+public enum BlockwiseQuantizer {
+    public static let validBlocksizes = [32, 64, 128, 256, 512, 1024, 2048, 4096]
+    /// `absmax.clamp(min=1e-38)` as float32.
+    static let smallestScale: Float = 1e-38
+
+    public static func checkBlocksize(_ blocksize: Int) throws(QuantizationError) {
+        guard validBlocksizes.contains(blocksize) else { throw .invalidBlocksize(blocksize) }
+    }
+
+    /// The plain version that defines the format; `quantize` is held to it by the tests.
+    public static func quantizeReference(_ values: [Float], blocksize: Int, type: QuantType) throws(QuantizationError) -> BlockwiseQuantization {
+        try checkBlocksize(blocksize)
+        if let bad = values.firstIndex(where: { !$0.isFinite }) { throw .nonFinite(elementIndex: bad) }
+        let n = values.count
+        let blocks = (n + blocksize - 1) / blocksize
+        let midpoints = type.midpoints
+        let order = type.order
+        func code(_ scaled: Float) -> UInt8 {
+            let clamped = min(max(scaled, -1), 1)
+            return order[midpoints.reduce(0) { $0 + ($1 < clamped ? 1 : 0) }]
+        }
+        var codes = [UInt8](repeating: 0, count: n + n % 2)
+        var absmax = [Float](repeating: 0, count: blocks)
+        for block in 0..<blocks {
+            let range = (block * blocksize)..<min(n, (block + 1) * blocksize)
+            let blockMax = values[range].reduce(Float(0)) { max($0, abs($1)) }
+            if range.count == blocksize {
+                absmax[block] = blockMax
+                let inverse = 1 / max(blockMax, smallestScale)
+                for i in range { codes[i] = code(values[i] * inverse) }
+            } else {
+                let scale = max(blockMax, smallestScale)
+                absmax[block] = scale
+                for i in range { codes[i] = code(values[i] / scale) }
+            }
+        }
+        if n % 2 == 1 { codes[n] = code(0) }
+        let packed = stride(from: 0, to: codes.count, by: 2).map { codes[$0] << 4 | codes[$0 + 1] }
+        return BlockwiseQuantization(quantType: type, blocksize: blocksize, elementCount: n, packed: packed, absmax: absmax)
+    }
+
+    /// The fast kernel: SIMD over each block, blocks in parallel (a fixed split, so the result
+    /// does not depend on the thread count). `source` holds `count` elements of `dtype`.
+    public static func quantize(
+        _ source: UnsafeRawPointer, dtype: DType, count n: Int, blocksize: Int, type: QuantType
+    ) throws(QuantizationError) -> BlockwiseQuantization {
+        try checkBlocksize(blocksize)
+        guard [.f32, .f16, .bf16, .f64].contains(dtype) else { throw .unsupportedDType(dtype) }
+        let blocks = (n + blocksize - 1) / blocksize
+        var packed = [UInt8](repeating: 0, count: (n + 1) / 2)
+        var absmax = [Float](repeating: 0, count: blocks)
+        let firstBad = AtomicMinimum()
+        let input = SendableRawPointer(source)
+        packed.withUnsafeMutableBytes { packedBytes in
+            absmax.withUnsafeMutableBufferPointer { absmaxBuffer in
+                let out = SendableMutableRawPointer(packedBytes.baseAddress ?? UnsafeMutableRawPointer(bitPattern: 1)!)
+                let scales = SendableMutableRawPointer(UnsafeMutableRawPointer(absmaxBuffer.baseAddress ?? UnsafeMutablePointer(bitPattern: 4)!))
+                let kernel = Kernel(type: type)
+                // About 64 KiB of input per task.
+                parallelForChunks(count: blocks, chunk: max(1, 16384 / blocksize)) { blockRange in
+                    withUnsafeTemporaryAllocation(of: Float.self, capacity: blocksize) { temp in
+                        for block in blockRange {
+                            let start = block * blocksize
+                            let length = min(blocksize, n - start)
+                            FloatConversion.decodeToFloat32(input.raw, dtype, from: start, count: length, into: temp.baseAddress!)
+                            let scale = kernel.quantizeBlock(
+                                temp.baseAddress!, count: length, isFull: length == blocksize,
+                                into: out.raw.assumingMemoryBound(to: UInt8.self) + start / 2)
+                            guard let scale else {
+                                let bad = (0..<length).first { !temp[$0].isFinite } ?? 0
+                                firstBad.record(start + bad)
+                                continue
+                            }
+                            scales.raw.assumingMemoryBound(to: Float.self)[block] = scale
+                        }
+                    }
+                }
+            }
+        }
+        if let bad = firstBad.value { throw .nonFinite(elementIndex: bad) }
+        return BlockwiseQuantization(quantType: type, blocksize: blocksize, elementCount: n, packed: packed, absmax: absmax)
+    }
+
+    /// Block kernels with the midpoints held in vectors.
+    struct Kernel: Sendable {
+        let type: QuantType
+        let midpoints: [SIMD8<Float>]
+        let order: [UInt8]
+        let zeroCode: UInt8
+
+        init(type: QuantType) {
+            self.type = type
+            let mids = type.midpoints
+            midpoints = mids.map { SIMD8<Float>(repeating: $0) }
+            order = type.order
+            zeroCode = type.order[mids.reduce(0) { $0 + ($1 < 0 ? 1 : 0) }]
+        }
+
+        /// Quantizes one block into `out` (which starts at the block's first byte); returns the
+        /// absmax to store, or nil when the block holds NaN or infinity.
+        @inline(__always)
+        func quantizeBlock(_ values: UnsafeMutablePointer<Float>, count: Int, isFull: Bool, into out: UnsafeMutablePointer<UInt8>) -> Float? {
+            // For non-negative floats the bit patterns order as the values do, so the largest
+            // magnitude is the largest masked pattern, and anything from 0x7F800000 up is Inf/NaN.
+            var widest = SIMD8<UInt32>(repeating: 0)
+            var i = 0
+            let raw = UnsafeMutableRawPointer(values)
+            while i + 8 <= count {
+                widest = pointwiseMax(widest, raw.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<UInt32>.self) & 0x7FFF_FFFF)
+                i += 8
+            }
+            var widestBits = widest.max()
+            while i < count {
+                widestBits = max(widestBits, values[i].bitPattern & 0x7FFF_FFFF)
+                i += 1
+            }
+            guard widestBits < 0x7F80_0000 else { return nil }
+            let blockMax = Float(bitPattern: widestBits)
+            let stored: Float
+            if isFull {
+                stored = blockMax
+                let inverse = 1 / max(blockMax, smallestScale)
+                scaleAndPack(values, count: count, by: SIMD8(repeating: inverse), into: out)
+            } else {
+                // The last partial block divides instead (and stores the clamped absmax).
+                stored = max(blockMax, smallestScale)
+                for j in 0..<count { values[j] = values[j] / stored }
+                scaleAndPack(values, count: count, by: SIMD8(repeating: 1), into: out)
+            }
+            return stored
+        }
+
+        @inline(__always)
+        func scaleAndPack(_ values: UnsafeMutablePointer<Float>, count: Int, by factor: SIMD8<Float>, into out: UnsafeMutablePointer<UInt8>) {
+            let raw = UnsafeMutableRawPointer(values)
+            var i = 0
+            let one = SIMD8<Float>(repeating: 1)
+            while i + 8 <= count {
+                let v = (raw.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self) * factor).clamped(lowerBound: -one, upperBound: one)
+                var q = SIMD8<Int32>(repeating: 0)
+                for m in midpoints { q.replace(with: q &+ 1, where: m .< v) }
+                if type == .fp4 { for lane in 0..<8 { q[lane] = Int32(order[Int(q[lane])]) } }
+                let bytes = SIMD4<UInt8>(truncatingIfNeeded: (q.evenHalf &<< 4) | q.oddHalf)
+                UnsafeMutableRawPointer(out + i / 2).storeBytes(of: bytes, as: SIMD4<UInt8>.self)
+                i += 8
+            }
+            // The tail of a partial block, with the zero padding of an odd count.
+            while i < count {
+                let high = code(values[i] * factor[0])
+                let low = i + 1 < count ? code(values[i + 1] * factor[0]) : zeroCode
+                out[i / 2] = high << 4 | low
+                i += 2
+            }
+        }
+
+        @inline(__always)
+        func code(_ scaled: Float) -> UInt8 {
+            let v = min(max(scaled, -1), 1)
+            var q = 0
+            for m in midpoints where m[0] < v { q += 1 }
+            return order[q]
+        }
+    }
+}
+
+/// The smallest index any thread recorded.
+final class AtomicMinimum: Sendable {
+    private let stored = Mutex<Int?>(nil)
+    func record(_ value: Int) { stored.withLock { $0 = min($0 ?? value, value) } }
+    var value: Int? { stored.withLock { $0 } }
+}

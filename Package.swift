@@ -25,10 +25,11 @@ let package = Package(
         .target(name: "TensorCore"),
         .target(name: "SafetensorsFormat", dependencies: ["TensorCore"]),
         .target(name: "Quantization", dependencies: ["TensorCore"]),
+        .target(name: "NF4Format", dependencies: ["TensorCore", "CZstd"]),
         .target(
             name: "QToolCommands",
             dependencies: [
-                "TensorCore", "SafetensorsFormat", "Quantization",
+                "TensorCore", "SafetensorsFormat", "Quantization", "NF4Format",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .executableTarget(name: "qtool", dependencies: ["QToolCommands"]),

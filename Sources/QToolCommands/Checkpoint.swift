@@ -1,33 +1,102 @@
+import Foundation
+import NF4Format
+import Quantization
 import SafetensorsFormat
 import TensorCore
 
-/// A checkpoint opened for reading, whatever its format: its tensors, and what a folder carries
-/// beside them.
+/// One tensor of a checkpoint, described without reading its data.
+struct CheckpointEntry {
+    let name: String
+    /// The tensor's type (for a quantized tensor, the type it was quantized from).
+    let dtype: DType
+    let shape: Shape
+    /// "nf4, blocksize 64, double quantization" for a quantized tensor.
+    let quantization: String?
+    /// Bytes the checkpoint spends on it.
+    let storedBytes: Int
+    let load: @Sendable () throws -> QuantizedOrPlain
+}
+
+/// A checkpoint opened for reading, whatever its format: its tensors, and the model files that
+/// travel with them.
 struct Checkpoint {
     /// The format's name as reports print it.
     let format: String
     let path: String
-    let tensors: NamedTensors
-    /// The folder holding config.json and tokenizer files, when the input is a model folder.
-    let modelFolder: String?
-    /// Tensor names grouped by the file holding them, in order, when the input is sharded.
+    let entries: [CheckpointEntry]
+    let metadata: [(key: String, value: String)]?
+    /// Names of model files (config.json, tokenizer files, …) and how to read each.
+    let companions: [(name: String, read: @Sendable () throws -> [UInt8])]
+    /// Tensor names grouped by the file holding them, when the input is a sharded folder.
     let shardGroups: [(file: String, tensors: [String])]?
+
+    var isQuantized: Bool { entries.contains { $0.quantization != nil } }
 
     /// Opens `path`, telling the format by its first bytes, not by its name.
     static func open(_ path: String) throws -> Checkpoint {
         guard FilePaths.exists(path) else { throw CommandError(path: path, "no such file or folder") }
-        if !FilePaths.isDirectory(path), let magic = try? leadingBytes(of: path, count: 8) {
+        if !FilePaths.isDirectory(path) {
+            let magic = try leadingBytes(of: path, count: 8)
+            if NF4Container.hasMagic(magic) { return try openNF4(path) }
             if magic == [0x89, 0x48, 0x44, 0x46, 0x0D, 0x0A, 0x1A, 0x0A] {
                 throw CommandError(path: path, "HDF5 files are not supported yet")
             }
         }
         let model = try SafeTensorsModel(path: path)
+        let tensors = model.tensors()
         let groups: [(file: String, tensors: [String])]? =
-            model.isSharded
-            ? zip(model.shardNames, model.shards).map { ($0, $1.header.entries.map(\.name)) } : nil
+            model.isSharded ? zip(model.shardNames, model.shards).map { ($0, $1.header.entries.map(\.name)) } : nil
+        let companions = model.isFolder ? try folderCompanions(path) : []
+        guard BitsandbytesLayout.isPresent(in: tensors) else {
+            let entries = tensors.entries.map { name, tensor in
+                CheckpointEntry(name: name, dtype: tensor.dtype, shape: tensor.shape, quantization: nil, storedBytes: tensor.byteCount) {
+                    .plain(tensor)
+                }
+            }
+            return Checkpoint(format: "safetensors", path: path, entries: entries, metadata: tensors.metadata, companions: companions, shardGroups: groups)
+        }
+        let imported: [(name: String, tensor: QuantizedOrPlain)]
+        do {
+            imported = try BitsandbytesLayout.import(tensors)
+        } catch {
+            throw CommandError(path: path, error.description)
+        }
+        let entries = imported.map { name, value in
+            switch value {
+            case .plain(let tensor):
+                return CheckpointEntry(name: name, dtype: tensor.dtype, shape: tensor.shape, quantization: nil, storedBytes: tensor.byteCount) { value }
+            case .quantized(let q):
+                return CheckpointEntry(name: name, dtype: q.originalDType, shape: q.shape, quantization: describe(q), storedBytes: q.storedBytes) { value }
+            }
+        }
         return Checkpoint(
-            format: "safetensors", path: path, tensors: model.tensors(),
-            modelFolder: model.isFolder ? path : nil, shardGroups: groups)
+            format: "bitsandbytes 4-bit (safetensors)", path: path, entries: entries, metadata: tensors.metadata,
+            companions: companions, shardGroups: nil)
+    }
+
+    static func describe(_ q: QuantizedTensor) -> String {
+        "\(q.quantType.rawValue), blocksize \(q.blocksize)" + (q.isDoubleQuantized ? ", double quantization" : "")
+    }
+
+    private static func openNF4(_ path: String) throws -> Checkpoint {
+        let file = try NF4File(path: path)
+        let entries = file.entries.map { entry -> CheckpointEntry in
+            let stored: Int
+            let description: String?
+            switch entry.kind {
+            case .plain(let section):
+                stored = section.length
+                description = nil
+            case .quantized(let type, let blocksize, let doubleQuant, _, let sections):
+                stored = sections.filter { !$0.key.hasSuffix("quant_map") }.values.reduce(0) { $0 + $1.length }
+                description = "\(type), blocksize \(blocksize)" + (doubleQuant ? ", double quantization" : "")
+            }
+            return CheckpointEntry(name: entry.name, dtype: entry.dtype, shape: entry.shape, quantization: description, storedBytes: stored) {
+                try QuantizedAdapter.fromContainer(try file.load(entry), path: path, name: entry.name)
+            }
+        }
+        let companions = file.files.map { item in (name: item.name, read: { @Sendable in try file.fileBytes(item.name) }) }
+        return Checkpoint(format: "nf4", path: path, entries: entries, metadata: file.metadata, companions: companions, shardGroups: nil)
     }
 
     private static func leadingBytes(of path: String, count: Int) throws -> [UInt8] {
@@ -37,12 +106,57 @@ struct Checkpoint {
 
     /// Files of a model folder that travel with its weights: config, tokenizer, generation and
     /// chat-template files; weight files and hidden files stay behind.
-    static func companionFiles(of folder: String) throws -> [String] {
+    static func folderCompanions(_ folder: String) throws -> [(name: String, read: @Sendable () throws -> [UInt8])] {
         let weightSuffixes = [".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".hdf5", ".msgpack", ".gguf", ".nf4", ".onnx"]
         return try FilePaths.contents(of: folder).filter { name in
             !name.hasPrefix(".") && name != SafeTensorsModel.indexName && !name.hasSuffix(".index.json")
                 && !weightSuffixes.contains(where: { name.hasSuffix($0) })
                 && !FilePaths.isDirectory(folder + "/" + name)
+        }.map { name in
+            (name: name, read: { @Sendable in
+                let file = try MappedFile(path: folder + "/" + name)
+                return file.withBytes(in: 0..<file.count) { Array($0) }
+            })
+        }
+    }
+}
+
+/// Converts between the quantizer's tensors and the container's.
+enum QuantizedAdapter {
+    static func toContainer(_ q: QuantizedTensor) -> NF4QuantizedTensor {
+        let quantMap = Tensor(dtype: .f32, shape: [16], values: q.quantType.code)
+        switch q.absmax {
+        case .plain(let scales):
+            return NF4QuantizedTensor(
+                quantType: q.quantType.rawValue, blocksize: q.blocksize, dtype: q.originalDType, shape: q.shape, codes: q.packed,
+                absmax: scales, nested: nil, quantMap: quantMap, nestedQuantMap: nil)
+        case .double(let codes, let nested, let offset, let nestedBlocksize):
+            return NF4QuantizedTensor(
+                quantType: q.quantType.rawValue, blocksize: q.blocksize, dtype: q.originalDType, shape: q.shape, codes: q.packed,
+                absmax: codes, nested: (nested, offset, nestedBlocksize), quantMap: quantMap,
+                nestedQuantMap: Tensor(dtype: .f32, shape: [256], values: DynamicMap.values))
+        }
+    }
+
+    static func fromContainer(_ payload: NF4Payload, path: String, name: String) throws -> QuantizedOrPlain {
+        switch payload {
+        case .plain(let tensor): return .plain(tensor)
+        case .quantized(let t):
+            guard let type = QuantType(rawValue: t.quantType) else { throw CommandError(path: path, "tensor '\(name)': unknown quant type") }
+            guard t.quantMap.values(as: Float.self).map(\.bitPattern) == type.code.map(\.bitPattern) else {
+                throw CommandError(path: path, "tensor '\(name)': quant map is not the standard \(type.rawValue) table")
+            }
+            let absmax: QuantizedTensor.Absmax
+            if let nested = t.nested {
+                guard t.nestedQuantMap?.values(as: Float.self).map(\.bitPattern) == DynamicMap.values.map(\.bitPattern) else {
+                    throw CommandError(path: path, "tensor '\(name)': nested quant map is not bitsandbytes' dynamic map")
+                }
+                absmax = .double(codes: t.absmax, nestedAbsmax: nested.absmax, offset: nested.offset, nestedBlocksize: nested.blocksize)
+            } else {
+                absmax = .plain(t.absmax)
+            }
+            return .quantized(QuantizedTensor(
+                quantType: type, blocksize: t.blocksize, shape: t.shape, originalDType: t.dtype, packed: t.codes, absmax: absmax))
         }
     }
 }

@@ -56,23 +56,22 @@ struct ConvertCommand: ParsableCommand {
         let started = Date()
         let checkpoint = try Checkpoint.open(input)
         let target = dtype.flatMap { DType(userName: $0) }
-        let items = checkpoint.tensors.entries.map { entry -> SafeTensorsWriter.Item in
-            guard let target, entry.tensor.dtype.isFloatingPoint, let cast = CastTensor(entry.tensor, to: target) else {
-                return SafeTensorsWriter.Item(name: entry.name, payload: entry.tensor)
-            }
-            return SafeTensorsWriter.Item(name: entry.name, payload: cast)
-        }
-        let totalBytes = items.reduce(0) { $0 + $1.payload.byteCount }
+        let totalBytes = checkpoint.entries.reduce(0) { $0 + $1.storedBytes }
         let progress = ProgressBar(label: "convert", total: totalBytes, quiet: quiet)
-        let tracked = items.map { SafeTensorsWriter.Item(name: $0.name, payload: ProgressPayload(base: $0.payload, progress: progress)) }
-
-        let written: [String]
-        if output.hasSuffix(".safetensors") {
-            guard !FilePaths.isDirectory(output) else { throw CommandError(path: output, "is a folder, not a .safetensors file") }
-            try SafeTensorsWriter.write(tracked, metadata: checkpoint.tensors.metadata, toFile: output)
-            written = [output]
-        } else {
-            written = try writeFolder(tracked, checkpoint: checkpoint, target: target)
+        var writer = CheckpointWriter(
+            target: OutputTarget(output), metadata: checkpoint.metadata, companions: checkpoint.companions, progress: progress)
+        writer.maxShardSize = maxShardSize.flatMap(ShardedWriter.parseSize)
+        writer.shardGroups = checkpoint.shardGroups
+        writer.castDType = target
+        let written = try writer.write(names: checkpoint.entries.map(\.name)) { index in
+            switch try checkpoint.entries[index].load() {
+            case .quantized(let q):
+                progress.advance(by: q.storedBytes)
+                return .quantized(q)
+            case .plain(let tensor):
+                guard let target, tensor.dtype.isFloatingPoint, let cast = CastTensor(tensor, to: target) else { return .plain(tensor) }
+                return .plain(cast)
+            }
         }
         progress.finish()
         let seconds = Date().timeIntervalSince(started)
@@ -81,59 +80,14 @@ struct ConvertCommand: ParsableCommand {
                 JSONMember(key: "input", value: .string(input)),
                 JSONMember(key: "output", value: .string(output)),
                 JSONMember(key: "files", value: .array(written.map(JSONValue.string))),
-                JSONMember(key: "tensors", value: .integer(items.count)),
+                JSONMember(key: "tensors", value: .integer(checkpoint.entries.count)),
                 JSONMember(key: "bytes", value: .integer(totalBytes)),
                 JSONMember(key: "seconds", value: .double(seconds)),
             ])
             print(report.serialized())
         } else if !quiet {
-            StandardError.write("wrote \(output): \(items.count) tensors, \(ProgressBar.formatBytes(Double(totalBytes))) in \(String(format: "%.2f", seconds)) s\n")
+            StandardError.write("wrote \(output): \(checkpoint.entries.count) tensors, \(ProgressBar.formatBytes(Double(totalBytes))) in \(String(format: "%.2f", seconds)) s\n")
         }
-    }
-
-    private func writeFolder(_ items: [SafeTensorsWriter.Item], checkpoint: Checkpoint, target: DType?) throws -> [String] {
-        let shards: [[SafeTensorsWriter.Item]]
-        if let maxShardSize, let limit = ShardedWriter.parseSize(maxShardSize) {
-            shards = ShardedWriter.planShards(byteCounts: items.map(\.payload.byteCount), maxShardSize: limit).map { $0.map { items[$0] } }
-        } else if let groups = checkpoint.shardGroups {
-            let byName = Dictionary(uniqueKeysWithValues: items.map { ($0.name, $0) })
-            shards = groups.map { $0.tensors.map { byName[$0]! } }
-        } else {
-            shards = [items]
-        }
-        let transaction = try FolderOutputTransaction(folder: output)
-        do {
-            var names = try ShardedWriter.write(shards: shards, metadata: checkpoint.tensors.metadata, into: transaction)
-            if let folder = checkpoint.modelFolder, FilePaths.canonical(folder) != FilePaths.canonical(output) {
-                for name in try Checkpoint.companionFiles(of: folder) {
-                    if name == "config.json", let target {
-                        let text = try String(contentsOfFile: folder + "/" + name, encoding: .utf8)
-                        try transaction.file(named: name).write(Array(ConfigDType.replacing(in: text, with: target).utf8))
-                    } else {
-                        try transaction.copyFile(from: folder + "/" + name, named: name)
-                    }
-                    names.append(name)
-                }
-            }
-            // Weight files of an earlier save that this one does not replace would confuse loaders.
-            let stale = try FilePaths.contents(of: output).filter(ShardedWriter.isModelWeightFile)
-            try transaction.commit(removingStale: stale)
-            return names
-        } catch {
-            transaction.abort()
-            throw error
-        }
-    }
-}
-
-/// Keeps the dtype that config.json records in step with a cast.
-enum ConfigDType {
-    /// Replaces the value of every `"torch_dtype"` / `"dtype"` key naming a float type.
-    static func replacing(in text: String, with dtype: DType) -> String {
-        let pattern = #"("(?:torch_)?dtype"\s*:\s*)"(?:float32|float16|bfloat16|float64)""#
-        guard let regex = try? NSRegularExpression(pattern: pattern) else { return text }
-        let range = NSRange(text.startIndex..., in: text)
-        return regex.stringByReplacingMatches(in: text, range: range, withTemplate: "$1\"\(dtype.torchName)\"")
     }
 }
 

@@ -34,6 +34,7 @@ struct InspectReport {
         var shape: Shape
         var parameters: Int
         var bytes: Int
+        var quantization: String?
     }
 
     let format: String
@@ -45,16 +46,20 @@ struct InspectReport {
     init(_ checkpoint: Checkpoint) {
         format = checkpoint.format
         path = checkpoint.path
-        rows = checkpoint.tensors.entries.map { entry in
-            Row(name: entry.name, dtype: entry.tensor.dtype, shape: entry.tensor.shape,
-                parameters: entry.tensor.elementCount, bytes: entry.tensor.byteCount)
+        rows = checkpoint.entries.map { entry in
+            Row(name: entry.name, dtype: entry.dtype, shape: entry.shape,
+                parameters: entry.shape.elementCount, bytes: entry.storedBytes, quantization: entry.quantization)
         }
-        metadata = checkpoint.tensors.metadata
+        metadata = checkpoint.metadata
         files = checkpoint.shardGroups?.map(\.file) ?? []
     }
 
     var totalParameters: Int { rows.reduce(0) { $0 + $1.parameters } }
     var totalBytes: Int { rows.reduce(0) { $0 + $1.bytes } }
+    /// Bytes the tensors took before quantization (their original dtypes).
+    var sourceBytes: Int { rows.reduce(0) { $0 + $1.parameters * $1.dtype.bitSize / 8 } }
+    var isQuantized: Bool { rows.contains { $0.quantization != nil } }
+    var bitsPerParameter: Double { totalParameters == 0 ? 0 : Double(totalBytes * 8) / Double(totalParameters) }
 
     func json() -> JSONValue {
         var members: [JSONMember] = [
@@ -72,10 +77,16 @@ struct InspectReport {
                 JSONMember(key: "shape", value: .array(row.shape.dimensions.map(JSONValue.integer))),
                 JSONMember(key: "parameters", value: .integer(row.parameters)),
                 JSONMember(key: "bytes", value: .integer(row.bytes)),
-            ])
+            ] + (row.quantization.map { [JSONMember(key: "quantization", value: .string($0))] } ?? []))
         })))
         members.append(JSONMember(key: "total_parameters", value: .integer(totalParameters)))
         members.append(JSONMember(key: "total_bytes", value: .integer(totalBytes)))
+        if isQuantized {
+            members.append(JSONMember(key: "quantized_tensors", value: .integer(rows.filter { $0.quantization != nil }.count)))
+            members.append(JSONMember(key: "bits_per_parameter", value: .double((bitsPerParameter * 1000).rounded() / 1000)))
+            members.append(JSONMember(key: "source_bytes", value: .integer(sourceBytes)))
+            members.append(JSONMember(key: "size_vs_source", value: .double((Double(totalBytes) / Double(max(sourceBytes, 1)) * 10000).rounded() / 10000)))
+        }
         return .object(members)
     }
 
@@ -85,13 +96,17 @@ struct InspectReport {
         if let metadata, !metadata.isEmpty {
             lines.append("metadata: " + metadata.map { "\($0.key)=\($0.value)" }.joined(separator: ", "))
         }
-        let header = ["name", "dtype", "shape", "parameters", "bytes"]
-        let cells = rows.map { [$0.name, $0.dtype.rawValue, $0.shape.description, grouped($0.parameters), grouped($0.bytes)] }
+        var header = ["name", "dtype", "shape", "parameters", "bytes"]
+        var cells = rows.map { [$0.name, $0.dtype.rawValue, $0.shape.description, grouped($0.parameters), grouped($0.bytes)] }
+        if isQuantized {
+            header.append("stored as")
+            for (index, row) in rows.enumerated() { cells[index].append(row.quantization ?? "as is") }
+        }
         let widths = (0..<header.count).map { column in ([header] + cells).map { $0[column].count }.max()! }
         func line(_ cells: [String]) -> String {
             cells.enumerated().map { column, text in
                 let padding = String(repeating: " ", count: widths[column] - text.count)
-                return column >= 3 ? padding + text : text + padding
+                return column == 3 || column == 4 ? padding + text : text + padding
             }.joined(separator: "  ")
         }
         lines.append(line(header))
@@ -99,6 +114,12 @@ struct InspectReport {
         lines.append(
             "\(rows.count) tensors, \(grouped(totalParameters)) parameters, \(grouped(totalBytes)) bytes"
                 + " (\(ProgressBar.formatBytes(Double(totalBytes))))")
+        if isQuantized {
+            lines.append(String(
+                format: "%d quantized; %.3f bits per parameter; %.1f%% of the source's %@",
+                rows.filter { $0.quantization != nil }.count, bitsPerParameter,
+                Double(totalBytes) / Double(max(sourceBytes, 1)) * 100, ProgressBar.formatBytes(Double(sourceBytes))))
+        }
         return lines.joined(separator: "\n")
     }
 

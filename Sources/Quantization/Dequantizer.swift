@@ -12,9 +12,20 @@ public enum Dequantizer {
         packed: UnsafeRawPointer, absmax: [Float], shape: Shape, blocksize: Int, type: QuantType,
         into destination: UnsafeMutableRawPointer, dtype: DType
     ) {
-        let n = shape.elementCount
+        dequantize(
+            packed: packed, absmax: absmax[...], count: shape.elementCount, blocksize: blocksize, type: type,
+            fp4NegativeZero: (shape.dimensions.last ?? 1) % 2 == 0, into: destination, dtype: dtype)
+    }
+
+    /// Dequantizes `count` elements that start on a block boundary: `packed` points at their first
+    /// byte and `absmax` holds their blocks' scales.
+    public static func dequantize(
+        packed: UnsafeRawPointer, absmax: ArraySlice<Float>, count n: Int, blocksize: Int, type: QuantType,
+        fp4NegativeZero: Bool, into destination: UnsafeMutableRawPointer, dtype: DType
+    ) {
+        let absmax = Array(absmax)
         var table = type.code
-        if type == .fp4 && (shape.dimensions.last ?? 1) % 2 == 0 { table[8] = -0.0 }
+        if type == .fp4 && fp4NegativeZero { table[8] = -0.0 }
         let code = table
         let blocks = (n + blocksize - 1) / blocksize
         let input = SendableRawPointer(packed)

@@ -74,3 +74,56 @@ extension JSONValue {
     /// A finite double as the shortest text that reads back the same; non-finite values become null.
     public static func double(_ value: Double) -> JSONValue { value.isFinite ? .number("\(value)") : .null }
 }
+
+extension JSONValue {
+    /// The text of Python's `json.dumps(value, indent=indent, sort_keys=sortKeys)`, as transformers
+    /// writes config.json (followed there by a newline). Numbers keep their literal text.
+    public func pythonDumps(indent: Int = 2, sortKeys: Bool = true, level: Int = 0) -> String {
+        let inner = String(repeating: " ", count: (level + 1) * indent)
+        let outer = String(repeating: " ", count: level * indent)
+        switch self {
+        case .null: return "null"
+        case .bool(let b): return b ? "true" : "false"
+        case .number(let text): return text
+        case .string(let s): return JSONStyle.python.quoted(s)
+        case .array(let values):
+            if values.isEmpty { return "[]" }
+            return "[\n" + values.map { inner + $0.pythonDumps(indent: indent, sortKeys: sortKeys, level: level + 1) }
+                .joined(separator: ",\n") + "\n" + outer + "]"
+        case .object(let members):
+            if members.isEmpty { return "{}" }
+            let ordered =
+                sortKeys
+                ? members.sorted { $0.key.unicodeScalars.lexicographicallyPrecedes($1.key.unicodeScalars) { $0.value < $1.value } }
+                : members
+            return "{\n" + ordered.map { inner + JSONStyle.python.quoted($0.key) + ": " + $0.value.pythonDumps(indent: indent, sortKeys: sortKeys, level: level + 1) }
+                .joined(separator: ",\n") + "\n" + outer + "}"
+        }
+    }
+
+    /// Python's `repr` of a float: the shortest text that reads back the same double, with an
+    /// exponent below 1e-4 and from 1e16 on (`1e-05`, `1e+16`), and `.0` on whole numbers.
+    public static func pythonFloat(_ value: Double) -> JSONValue {
+        guard value.isFinite else { return .null }
+        var text = "\(value)"
+        if let e = text.firstIndex(where: { $0 == "e" || $0 == "E" }) {
+            // Swift writes 1e-05 and 1e+16 as Python does; normalize the few forms it writes otherwise.
+            var mantissa = String(text[..<e])
+            var exponent = String(text[text.index(after: e)...])
+            if mantissa.hasSuffix(".0") { mantissa.removeLast(2) }
+            let negative = exponent.hasPrefix("-")
+            exponent = exponent.trimmingPrefix(while: { $0 == "-" || $0 == "+" })
+            while exponent.count < 2 { exponent = "0" + exponent }
+            text = mantissa + "e" + (negative ? "-" : "+") + exponent
+        } else if !text.contains(".") {
+            text += ".0"
+        }
+        return .number(text)
+    }
+}
+
+extension String {
+    fileprivate func trimmingPrefix(while predicate: (Character) -> Bool) -> String {
+        String(drop(while: predicate))
+    }
+}

@@ -1,0 +1,29 @@
+import CZstd
+
+/// zstd through libzstd: whole-buffer frames with a content checksum.
+enum ZstdCodec {
+    /// The compressed frame, or nil when zstd fails.
+    static func compress(_ input: UnsafeRawBufferPointer, level: Int32) -> [UInt8]? {
+        guard let context = ZSTD_createCCtx() else { return nil }
+        defer { ZSTD_freeCCtx(context) }
+        ZSTD_CCtx_setParameter(context, ZSTD_c_compressionLevel, level)
+        ZSTD_CCtx_setParameter(context, ZSTD_c_checksumFlag, 1)
+        var output = [UInt8](repeating: 0, count: ZSTD_compressBound(input.count))
+        let written = output.withUnsafeMutableBytes { out in
+            ZSTD_compress2(context, out.baseAddress, out.count, input.baseAddress, input.count)
+        }
+        guard ZSTD_isError(written) == 0 else { return nil }
+        output.removeSubrange(written...)
+        return output
+    }
+
+    /// Decompresses a frame that must hold exactly `size` bytes.
+    static func decompress(_ input: UnsafeRawBufferPointer, size: Int) -> [UInt8]? {
+        var output = [UInt8](repeating: 0, count: size)
+        let written = output.withUnsafeMutableBytes { out in
+            ZSTD_decompress(out.baseAddress, out.count, input.baseAddress, input.count)
+        }
+        guard ZSTD_isError(written) == 0, written == size else { return nil }
+        return output
+    }
+}

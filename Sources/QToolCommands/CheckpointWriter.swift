@@ -1,0 +1,188 @@
+import Foundation
+import NF4Format
+import Quantization
+import SafetensorsFormat
+import TensorCore
+
+/// A tensor on its way out: stored as it is (or cast), or quantized.
+enum OutputItem {
+    case plain(any TensorPayload)
+    case quantized(QuantizedTensor)
+}
+
+/// Where a command writes: a .nf4 container, one .safetensors file, or a model folder.
+enum OutputTarget {
+    case nf4(String)
+    case safetensorsFile(String)
+    case folder(String)
+
+    init(_ path: String) {
+        if path.hasSuffix(".nf4") {
+            self = .nf4(path)
+        } else if path.hasSuffix(".safetensors") {
+            self = .safetensorsFile(path)
+        } else {
+            self = .folder(path)
+        }
+    }
+}
+
+/// Writes checkpoints in every output format, a tensor at a time where the format allows.
+struct CheckpointWriter {
+    let target: OutputTarget
+    let metadata: [(key: String, value: String)]?
+    let companions: [(name: String, read: @Sendable () throws -> [UInt8])]
+    var maxShardSize: Int? = nil
+    /// Shard grouping to keep (a sharded input) when no maximum size is given.
+    var shardGroups: [(file: String, tensors: [String])]? = nil
+    /// A dtype to record in config.json (after a cast).
+    var castDType: DType? = nil
+    let progress: ProgressBar
+
+    /// Writes `names.count` tensors, asking `produce` for each in order; returns the files written.
+    func write(names: [String], produce: (Int) throws -> OutputItem) throws -> [String] {
+        switch target {
+        case .nf4(let path):
+            return try writeNF4(path, names: names, produce: produce)
+        case .safetensorsFile(let path):
+            guard !FilePaths.isDirectory(path) else { throw CommandError(path: path, "is a folder, not a .safetensors file") }
+            let (items, _) = try materialize(names: names, produce: produce)
+            try SafeTensorsWriter.write(items, metadata: metadata, toFile: path)
+            return [path]
+        case .folder(let path):
+            return try writeFolder(path, names: names, produce: produce)
+        }
+    }
+
+    private func writeNF4(_ path: String, names: [String], produce: (Int) throws -> OutputItem) throws -> [String] {
+        let level = compressionLevel
+        let writer = try NF4Writer(path: path, compressionLevel: level, metadata: metadata)
+        do {
+            for (index, name) in names.enumerated() {
+                switch try produce(index) {
+                case .quantized(let q): try writer.addQuantized(name: name, QuantizedAdapter.toContainer(q))
+                case .plain(let payload): try writer.addPlain(name: name, try materializeTensor(payload))
+                }
+            }
+            for companion in companions {
+                var bytes = try companion.read()
+                // The container keeps the model's own config; bitsandbytes settings are added on export.
+                if companion.name == "config.json" { bytes = ConfigFile.edited(bytes, quantization: .remove, dtype: castDType) }
+                try writer.addFile(name: companion.name, bytes: bytes)
+            }
+            try writer.commit()
+        } catch {
+            writer.abort()
+            throw error
+        }
+        return [path]
+    }
+
+    var compressionLevel: Int32? = nil
+
+    /// Turns quantized tensors into bitsandbytes-layout tensors (which needs them all in hand:
+    /// safetensors puts every tensor's size in its header).
+    private func materialize(names: [String], produce: (Int) throws -> OutputItem) throws -> ([SafeTensorsWriter.Item], QuantizedTensor?) {
+        var items: [SafeTensorsWriter.Item] = []
+        var firstQuantized: QuantizedTensor? = nil
+        for (index, name) in names.enumerated() {
+            switch try produce(index) {
+            case .plain(let payload):
+                items.append(SafeTensorsWriter.Item(name: name, payload: ProgressPayload(base: payload, progress: progress)))
+            case .quantized(let q):
+                firstQuantized = firstQuantized ?? q
+                for part in BitsandbytesLayout.export(name: name, q) {
+                    items.append(SafeTensorsWriter.Item(name: part.name, payload: part.tensor))
+                }
+            }
+        }
+        return (items, firstQuantized)
+    }
+
+    private func materializeTensor(_ payload: any TensorPayload) throws -> Tensor {
+        if let tensor = payload as? Tensor {
+            progress.advance(by: tensor.byteCount)
+            return tensor
+        }
+        let bytes = OwnedBytes(count: payload.byteCount)
+        var offset = 0
+        try payload.stream(chunkBytes: 8 << 20) { piece in
+            UnsafeMutableRawBufferPointer(rebasing: bytes.buffer[offset..<(offset + piece.count)]).copyMemory(from: piece)
+            offset += piece.count
+        }
+        progress.advance(by: payload.byteCount)
+        return Tensor(dtype: payload.dtype, shape: payload.shape, storage: .owned(bytes))
+    }
+
+    private func writeFolder(_ path: String, names: [String], produce: (Int) throws -> OutputItem) throws -> [String] {
+        let (items, firstQuantized) = try materialize(names: names, produce: produce)
+        let shards: [[SafeTensorsWriter.Item]]
+        if let maxShardSize {
+            shards = ShardedWriter.planShards(byteCounts: items.map(\.payload.byteCount), maxShardSize: maxShardSize).map { $0.map { items[$0] } }
+        } else if let groups = shardGroups, firstQuantized == nil {
+            let byName = Dictionary(uniqueKeysWithValues: items.map { ($0.name, $0) })
+            shards = groups.map { $0.tensors.compactMap { byName[$0] } }
+        } else {
+            shards = [items]
+        }
+        let transaction = try FolderOutputTransaction(folder: path)
+        do {
+            var written = try ShardedWriter.write(shards: shards, metadata: metadata, into: transaction)
+            for companion in companions {
+                var bytes = try companion.read()
+                if companion.name == "config.json" {
+                    let quantization: ConfigFile.QuantizationEdit =
+                        firstQuantized.map { q in .set(BitsandbytesLayout.quantizationConfig(
+                            type: q.quantType, doubleQuantization: q.isDoubleQuantized,
+                            computeDType: ConfigFile.modelDType(bytes) ?? q.originalDType, skipModules: nil)) } ?? .remove
+                    bytes = ConfigFile.edited(bytes, quantization: quantization, dtype: castDType)
+                }
+                let file = try transaction.file(named: companion.name)
+                try file.write(bytes)
+                written.append(companion.name)
+            }
+            let stale = try FilePaths.contents(of: path).filter(ShardedWriter.isModelWeightFile)
+            try transaction.commit(removingStale: stale)
+            return written
+        } catch {
+            transaction.abort()
+            throw error
+        }
+    }
+}
+
+/// Edits to config.json, written back as transformers writes it (`json.dumps(indent=2,
+/// sort_keys=True)` and a newline). A file that is not a JSON object is copied unchanged.
+enum ConfigFile {
+    enum QuantizationEdit {
+        case keep
+        case remove
+        case set(JSONValue)
+    }
+
+    static func edited(_ bytes: [UInt8], quantization: QuantizationEdit, dtype: DType?) -> [UInt8] {
+        guard case .object(var members)? = try? bytes.withUnsafeBytes({ try JSONParser.parse($0) }) else { return bytes }
+        let original = members
+        switch quantization {
+        case .keep: break
+        case .remove: members.removeAll { $0.key == "quantization_config" }
+        case .set(let value):
+            members.removeAll { $0.key == "quantization_config" }
+            members.append(JSONMember(key: "quantization_config", value: value))
+        }
+        if let dtype {
+            for index in members.indices where ["dtype", "torch_dtype"].contains(members[index].key) && members[index].value.stringValue != nil {
+                members[index].value = .string(dtype.torchName)
+            }
+        }
+        guard members != original else { return bytes }
+        return Array((JSONValue.object(members).pythonDumps() + "\n").utf8)
+    }
+
+    /// The model's dtype as config.json records it (`dtype`, or `torch_dtype` before transformers 5).
+    static func modelDType(_ bytes: [UInt8]) -> DType? {
+        guard let config = try? bytes.withUnsafeBytes({ try JSONParser.parse($0) }) else { return nil }
+        let name = config["dtype"]?.stringValue ?? config["torch_dtype"]?.stringValue
+        return DType.allCases.first { $0.torchName == name }
+    }
+}

@@ -1,0 +1,243 @@
+import ArgumentParser
+import Foundation
+import Quantization
+import SafetensorsFormat
+import TensorCore
+
+struct QuantizeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "quantize",
+        abstract: "Quantize a checkpoint to 4 bits (NF4 or FP4), bit for bit as bitsandbytes.",
+        discussion: """
+            By default the weights of linear layers are quantized (2-D *.weight tensors other than
+            embeddings and lm_head), as transformers with bitsandbytes does; --include and --skip
+            adjust that. --format nf4 writes a .nf4 container; --format bnb writes a model folder
+            in bitsandbytes' pre-quantized layout that transformers loads as it is.
+
+            Examples:
+              qtool quantize fixtures/tiny-llama tiny.nf4
+              qtool quantize fixtures/tiny-llama out/tiny-bnb --format bnb
+              qtool quantize model.safetensors model.nf4 --quant-type fp4 --blocksize 128 --no-double-quant
+            """)
+
+    @Argument(help: "A checkpoint file or model folder.")
+    var input: String
+
+    @Argument(help: "A .nf4 file (--format nf4) or a model folder (--format bnb).")
+    var output: String
+
+    @Option(help: "nf4 or fp4.")
+    var quantType: String = "nf4"
+
+    @Option(help: "Elements per block: a power of two from 32 to 4096.")
+    var blocksize: Int = 64
+
+    @Flag(help: "Keep block scales in float32 instead of quantizing them to 8 bits.")
+    var noDoubleQuant = false
+
+    @Option(help: "Also quantize tensors matching this glob (repeatable).")
+    var include: [String] = []
+
+    @Option(help: "Keep tensors matching this glob unquantized (repeatable).")
+    var skip: [String] = []
+
+    @Option(help: "Compress .nf4 sections: zstd or zstd:LEVEL.")
+    var compress: String?
+
+    @Option(help: "Threads for the kernels (default: all cores).")
+    var threads: Int?
+
+    @Option(help: "nf4 (a .nf4 container) or bnb (a bitsandbytes model folder).")
+    var format: String = "nf4"
+
+    @Flag(help: "No progress bar.")
+    var quiet = false
+
+    @Flag(help: "Print a JSON report.")
+    var json = false
+
+    func validate() throws {
+        guard QuantType(rawValue: quantType) != nil else { throw ValidationError("--quant-type must be nf4 or fp4") }
+        guard BlockwiseQuantizer.validBlocksizes.contains(blocksize) else {
+            throw ValidationError("--blocksize must be a power of two from 32 to 4096")
+        }
+        guard ["nf4", "bnb"].contains(format) else { throw ValidationError("--format must be nf4 or bnb") }
+        if let compress {
+            guard format == "nf4", Self.compressionLevel(compress) != nil else {
+                throw ValidationError("--compress takes zstd or zstd:LEVEL (1-22), for --format nf4")
+            }
+        }
+        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
+    }
+
+    static func compressionLevel(_ text: String) -> Int32? {
+        if text == "zstd" { return 3 }
+        guard text.hasPrefix("zstd:"), let level = Int32(text.dropFirst(5)), (1...22).contains(level) else { return nil }
+        return level
+    }
+
+    func run() throws {
+        if let threads { ParallelismSettings.threadCount = threads }
+        let started = Date()
+        let checkpoint = try Checkpoint.open(input)
+        let type = QuantType(rawValue: quantType)!
+        let selection = TensorSelection(include: include, skip: skip)
+        let sourceBytes = checkpoint.entries.reduce(0) { $0 + $1.storedBytes }
+        let progress = ProgressBar(label: "quantize", total: sourceBytes, quiet: quiet)
+        let target: OutputTarget
+        if format == "nf4" {
+            target = .nf4(output)
+        } else {
+            target = output.hasSuffix(".safetensors") ? .safetensorsFile(output) : .folder(output)
+        }
+        var writer = CheckpointWriter(target: target, metadata: checkpoint.metadata, companions: checkpoint.companions, progress: progress)
+        writer.compressionLevel = compress.flatMap(Self.compressionLevel)
+        var quantizedCount = 0
+        var parameters = 0
+        var originalBytes = 0
+        var storedBytes = 0
+        let written = try writer.write(names: checkpoint.entries.map(\.name)) { index in
+            let entry = checkpoint.entries[index]
+            parameters += entry.shape.elementCount
+            originalBytes += entry.shape.elementCount * entry.dtype.bitSize / 8
+            switch try entry.load() {
+            case .quantized(let q):
+                storedBytes += q.storedBytes
+                progress.advance(by: entry.storedBytes)
+                return .quantized(q)
+            case .plain(let tensor):
+                guard selection.shouldQuantize(name: entry.name, dtype: tensor.dtype, shape: tensor.shape) else {
+                    storedBytes += tensor.byteCount
+                    return .plain(tensor)
+                }
+                let q: QuantizedTensor
+                do {
+                    q = try QuantizedTensor.quantize(tensor, type: type, blocksize: blocksize, doubleQuantization: !noDoubleQuant)
+                } catch {
+                    throw CommandError(path: input, "tensor '\(entry.name)' \(error)")
+                }
+                quantizedCount += 1
+                storedBytes += q.storedBytes
+                progress.advance(by: tensor.byteCount)
+                return .quantized(q)
+            }
+        }
+        progress.finish()
+        let seconds = Date().timeIntervalSince(started)
+        let bits = parameters == 0 ? 0 : Double(storedBytes * 8) / Double(parameters)
+        if json {
+            print(JSONValue.object([
+                JSONMember(key: "input", value: .string(input)),
+                JSONMember(key: "output", value: .string(output)),
+                JSONMember(key: "format", value: .string(format)),
+                JSONMember(key: "files", value: .array(written.map(JSONValue.string))),
+                JSONMember(key: "quant_type", value: .string(type.rawValue)),
+                JSONMember(key: "blocksize", value: .integer(blocksize)),
+                JSONMember(key: "double_quant", value: .bool(!noDoubleQuant)),
+                JSONMember(key: "tensors", value: .integer(checkpoint.entries.count)),
+                JSONMember(key: "quantized_tensors", value: .integer(quantizedCount)),
+                JSONMember(key: "parameters", value: .integer(parameters)),
+                JSONMember(key: "source_bytes", value: .integer(originalBytes)),
+                JSONMember(key: "stored_bytes", value: .integer(storedBytes)),
+                JSONMember(key: "bits_per_parameter", value: .double((bits * 1000).rounded() / 1000)),
+                JSONMember(key: "seconds", value: .double(seconds)),
+            ]).serialized())
+        } else if !quiet {
+            StandardError.write(String(
+                format: "wrote %@: %d of %d tensors quantized (%@ %@), %@ from %@, %.3f bits per parameter, %.2f s\n",
+                output, quantizedCount, checkpoint.entries.count, type.rawValue, noDoubleQuant ? "" : "+ double quant",
+                ProgressBar.formatBytes(Double(storedBytes)), ProgressBar.formatBytes(Double(originalBytes)), bits, seconds))
+        }
+    }
+}
+
+struct DequantizeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "dequantize",
+        abstract: "Restore a 4-bit checkpoint (.nf4 or bitsandbytes folder) to floats in safetensors.",
+        discussion: """
+            Every tensor of the source is written: quantized ones dequantized as bitsandbytes'
+            dequantize_4bit does, to their original dtype or to --dtype; the others as they are
+            (cast too when --dtype is given). OUTPUT ending in .safetensors is one file, anything
+            else a model folder (config.json without quantization_config, tokenizer files).
+
+            Examples:
+              qtool dequantize tiny.nf4 out/tiny-restored
+              qtool dequantize out/tiny-bnb tiny-f32.safetensors --dtype f32
+            """)
+
+    @Argument(help: "A .nf4 file or a bitsandbytes model folder.")
+    var input: String
+
+    @Argument(help: "A .safetensors file or a model folder.")
+    var output: String
+
+    @Option(help: "f32, f16 or bf16 (default: each tensor's original dtype).")
+    var dtype: String?
+
+    @Option(help: "Largest shard of a folder output, e.g. 5GB.")
+    var maxShardSize: String?
+
+    @Option(help: "Threads for the kernels (default: all cores).")
+    var threads: Int?
+
+    @Flag(help: "No progress bar.")
+    var quiet = false
+
+    @Flag(help: "Print a JSON report.")
+    var json = false
+
+    func validate() throws {
+        if let dtype {
+            guard let parsed = DType(userName: dtype), [.f32, .f16, .bf16].contains(parsed) else {
+                throw ValidationError("--dtype must be f32, f16 or bf16, not '\(dtype)'")
+            }
+        }
+        guard !output.hasSuffix(".nf4") else { throw ValidationError("OUTPUT must be a .safetensors file or a folder") }
+        if let maxShardSize, ShardedWriter.parseSize(maxShardSize) == nil {
+            throw ValidationError("--max-shard-size must be a size such as 5GB")
+        }
+        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
+    }
+
+    func run() throws {
+        if let threads { ParallelismSettings.threadCount = threads }
+        let started = Date()
+        let checkpoint = try Checkpoint.open(input)
+        guard checkpoint.isQuantized else { throw CommandError(path: input, "holds no quantized tensors") }
+        let target = dtype.flatMap { DType(userName: $0) }
+        let total = checkpoint.entries.reduce(0) { $0 + $1.storedBytes }
+        let progress = ProgressBar(label: "dequantize", total: total, quiet: quiet)
+        var writer = CheckpointWriter(target: OutputTarget(output), metadata: checkpoint.metadata, companions: checkpoint.companions, progress: progress)
+        writer.maxShardSize = maxShardSize.flatMap(ShardedWriter.parseSize)
+        writer.castDType = target
+        var outputBytes = 0
+        let written = try writer.write(names: checkpoint.entries.map(\.name)) { index in
+            let entry = checkpoint.entries[index]
+            switch try entry.load() {
+            case .quantized(let q):
+                let payload = q.dequantizedPayload(to: target ?? (q.originalDType == .f64 ? .f32 : q.originalDType))
+                outputBytes += payload.byteCount
+                return .plain(payload)
+            case .plain(let tensor):
+                outputBytes += tensor.byteCount
+                guard let target, tensor.dtype.isFloatingPoint, let cast = CastTensor(tensor, to: target) else { return .plain(tensor) }
+                return .plain(cast)
+            }
+        }
+        progress.finish()
+        let seconds = Date().timeIntervalSince(started)
+        if json {
+            print(JSONValue.object([
+                JSONMember(key: "input", value: .string(input)),
+                JSONMember(key: "output", value: .string(output)),
+                JSONMember(key: "files", value: .array(written.map(JSONValue.string))),
+                JSONMember(key: "tensors", value: .integer(checkpoint.entries.count)),
+                JSONMember(key: "bytes", value: .integer(outputBytes)),
+                JSONMember(key: "seconds", value: .double(seconds)),
+            ]).serialized())
+        } else if !quiet {
+            StandardError.write(String(format: "wrote %@: %d tensors, %@ in %.2f s\n", output, checkpoint.entries.count, ProgressBar.formatBytes(Double(outputBytes)), seconds))
+        }
+    }
+}

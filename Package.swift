@@ -39,6 +39,7 @@ let package = Package(
         .testTarget(
             name: "QuantizationTests",
             dependencies: ["Quantization", "SafetensorsFormat", "TensorCore", "TestSupport"]),
+        .testTarget(name: "NF4FormatTests", dependencies: ["NF4Format", "TensorCore", "TestSupport"]),
         .testTarget(name: "CLibrariesTests", dependencies: ["CZstd", "CHDF5", "COpenBLAS"]),
         .testTarget(
             name: "SafetensorsFormatTests",

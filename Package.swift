@@ -1,6 +1,14 @@
 // swift-tools-version: 6.0
 import PackageDescription
 
+// The kernels are written as SIMD8 loops; on x86-64 they are compiled for AVX2/FMA/F16C
+// (Haswell, 2013, and every x86-64 server since), which doubles their width over baseline SSE2.
+#if arch(x86_64)
+    let kernelSettings: [SwiftSetting] = [.unsafeFlags(["-target-cpu", "haswell"])]
+#else
+    let kernelSettings: [SwiftSetting] = []
+#endif
+
 let package = Package(
     name: "qtool",
     platforms: [.macOS(.v15)],
@@ -22,9 +30,9 @@ let package = Package(
             name: "COpenBLAS", pkgConfig: "openblas",
             providers: [.apt(["libopenblas-dev"])]),
 
-        .target(name: "TensorCore"),
+        .target(name: "TensorCore", swiftSettings: kernelSettings),
         .target(name: "SafetensorsFormat", dependencies: ["TensorCore"]),
-        .target(name: "Quantization", dependencies: ["TensorCore"]),
+        .target(name: "Quantization", dependencies: ["TensorCore"], swiftSettings: kernelSettings),
         .target(name: "NF4Format", dependencies: ["TensorCore", "CZstd"]),
         .target(
             name: "QToolCommands",

@@ -47,6 +47,55 @@ def make_input(path, gigabytes):
     tmp.rename(path)
 
 
+def make_bf16_input(path, params):
+    """A bf16 safetensors file of 2048×2048 weights (plus a norm) with about `params` parameters."""
+    if path.exists():
+        return
+    import torch
+    from safetensors.torch import save_file
+    torch.manual_seed(0)
+    count = max(1, round(params / (2048 * 2048)))
+    tensors = {f"model.layers.{i // 4}.mlp.proj_{i % 4}.weight": torch.randn(2048, 2048).to(torch.bfloat16) for i in range(count)}
+    tensors["model.norm.weight"] = torch.ones(2048, dtype=torch.bfloat16)
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, tmp, metadata={"format": "pt"})
+    tmp.rename(path)
+
+
+def quantize_cases(args, work, env):
+    """qtool quantize / dequantize (whole process) against bitsandbytes in process, same input."""
+    src = work / "input-bf16-134M.safetensors"
+    make_bf16_input(src, 134e6)
+    peer = None
+    best = {"quantize": None, "dequantize": None}
+    for _ in range(args.repeat):
+        for f in ("q.nf4", "d.safetensors"):
+            (work / f).unlink(missing_ok=True)
+        q = run([args.qtool, "quantize", str(src), str(work / "q.nf4"), "--quiet"], env)
+        d = run([args.qtool, "dequantize", str(work / "q.nf4"), str(work / "d.safetensors"), "--quiet"], env)
+        _, prss, out = run([PY, str(ROOT / "Benchmarks/peer_quantize.py"), str(src)], env)
+        result = json.loads(out)
+        if peer is None or result["quantize_seconds"] < peer["quantize_seconds"]:
+            peer = dict(result, rss=prss) if peer is None else dict(peer, quantize_seconds=result["quantize_seconds"])
+        if result["dequantize_seconds"] < peer["dequantize_seconds"]:
+            peer["dequantize_seconds"] = result["dequantize_seconds"]
+        for name, (wall, rss, _) in (("quantize", q), ("dequantize", d)):
+            if best[name] is None or wall < best[name][0]:
+                best[name] = (wall, rss)
+    for f in ("q.nf4", "d.safetensors"):
+        (work / f).unlink(missing_ok=True)
+    params = peer["parameters"]
+    rows = []
+    for name in ("quantize", "dequantize"):
+        wall, rss = best[name]
+        peer_seconds = peer[f"{name}_seconds"]
+        rows.append({"case": f"{name} (NF4, DQ, b64)", "parameters": params, "qtool_seconds": wall,
+                     "qtool_mparams_per_s": params / wall / 1e6, "qtool_peak_rss": rss,
+                     "peer_seconds": peer_seconds, "peer_mparams_per_s": params / peer_seconds / 1e6,
+                     "speedup": peer_seconds / wall})
+    return rows, src.stat().st_size
+
+
 def fmt_bytes(n):
     return f"{n / 1e6:,.0f} MB"
 
@@ -110,8 +159,19 @@ def main():
               f"{r['peer_inprocess_seconds']:7.3f} {r['peer_gbps']:6.2f} {r['peer_seconds']:9.3f} {fmt_bytes(r['peer_peak_rss']):>9} | "
               f"{r['speedup_vs_peer_inprocess']:6.2f} {r['speedup_vs_peer_process']:9.2f} {str(r['identical_output']):>10}")
     print("× peer: peer in-process seconds / qtool whole-process seconds; × process: both whole processes")
+
+    qrows, qsize = quantize_cases(args, work, env)
+    print()
+    print(f"quantize/dequantize: {qrows[0]['parameters'] / 1e6:.0f} M parameters, bf16 input of {fmt_bytes(qsize)}, "
+          f"largest tensor 8 MB; peer: bitsandbytes quantize_4bit / dequantize_4bit in process on the loaded tensors")
+    header = f"{'case':26} {'qtool s':>8} {'Mparam/s':>9} {'peak RSS':>9} | {'bnb s':>7} {'Mparam/s':>9} | {'× bnb':>6}"
+    print(header)
+    print("-" * len(header))
+    for r in qrows:
+        print(f"{r['case']:26} {r['qtool_seconds']:8.3f} {r['qtool_mparams_per_s']:9.0f} {fmt_bytes(r['qtool_peak_rss']):>9} | "
+              f"{r['peer_seconds']:7.3f} {r['peer_mparams_per_s']:9.0f} | {r['speedup']:6.1f}")
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps(results + qrows, indent=2))
 
 
 if __name__ == "__main__":

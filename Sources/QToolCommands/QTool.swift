@@ -58,6 +58,10 @@ public struct QTool: ParsableCommand {
         // Past a file-size limit, writes should fail with EFBIG (reported, temporaries removed)
         // rather than kill the process.
         signal(SIGXFSZ, SIG_IGN)
+        // Tensors stream through buffers of a few megabytes that are freed and allocated again
+        // tensor after tensor; keep them in the heap instead of unmapping and faulting them in anew.
+        _ = glibcMallopt(-3, 64 << 20)  // M_MMAP_THRESHOLD
+        _ = glibcMallopt(-1, 128 << 20)  // M_TRIM_THRESHOLD
         Glibc.exit(run())
     }
 }
@@ -90,3 +94,7 @@ public struct CommandError: FileError {
         self.problem = problem
     }
 }
+
+/// glibc's `mallopt` (malloc.h is not part of Swift's Glibc module).
+@_silgen_name("mallopt")
+private func glibcMallopt(_ parameter: Int32, _ value: Int32) -> Int32

@@ -116,6 +116,7 @@ struct QuantizeCommand: ParsableCommand {
                 } catch {
                     throw CommandError(path: input, "tensor '\(entry.name)' \(error)")
                 }
+                tensor.releaseResidentPages()
                 quantizedCount += 1
                 storedBytes += q.storedBytes
                 progress.advance(by: tensor.byteCount)

@@ -105,22 +105,25 @@ public enum BlockwiseQuantizer {
                 let out = SendableMutableRawPointer(packedBytes.baseAddress ?? UnsafeMutableRawPointer(bitPattern: 1)!)
                 let scales = SendableMutableRawPointer(UnsafeMutableRawPointer(absmaxBuffer.baseAddress ?? UnsafeMutablePointer(bitPattern: 4)!))
                 let kernel = Kernel(type: type)
-                // About 64 KiB of input per task.
-                parallelForChunks(count: blocks, chunk: max(1, 16384 / blocksize)) { blockRange in
-                    withUnsafeTemporaryAllocation(of: Float.self, capacity: blocksize) { temp in
+                // About 64 KiB of input per task, widened to float32 in one pass.
+                let blocksPerTask = max(1, 16384 / blocksize)
+                parallelForChunks(count: blocks, chunk: blocksPerTask) { blockRange in
+                    withUnsafeTemporaryAllocation(of: Float.self, capacity: blocksPerTask * blocksize) { temp in
+                        let first = blockRange.lowerBound * blocksize
+                        let total = min(n, blockRange.upperBound * blocksize) - first
+                        FloatConversion.decodeToFloat32(input.raw, dtype, from: first, count: total, into: temp.baseAddress!)
+                        let codes = out.raw.assumingMemoryBound(to: UInt8.self)
+                        let scaleOut = scales.raw.assumingMemoryBound(to: Float.self)
                         for block in blockRange {
                             let start = block * blocksize
                             let length = min(blocksize, n - start)
-                            FloatConversion.decodeToFloat32(input.raw, dtype, from: start, count: length, into: temp.baseAddress!)
-                            let scale = kernel.quantizeBlock(
-                                temp.baseAddress!, count: length, isFull: length == blocksize,
-                                into: out.raw.assumingMemoryBound(to: UInt8.self) + start / 2)
-                            guard let scale else {
-                                let bad = (0..<length).first { !temp[$0].isFinite } ?? 0
+                            let values = temp.baseAddress! + (start - first)
+                            guard let scale = kernel.quantizeBlock(values, count: length, isFull: length == blocksize, into: codes + start / 2) else {
+                                let bad = (0..<length).first { !values[$0].isFinite } ?? 0
                                 firstBad.record(start + bad)
                                 continue
                             }
-                            scales.raw.assumingMemoryBound(to: Float.self)[block] = scale
+                            scaleOut[block] = scale
                         }
                     }
                 }
@@ -130,19 +133,21 @@ public enum BlockwiseQuantizer {
         return BlockwiseQuantization(quantType: type, blocksize: blocksize, elementCount: n, packed: packed, absmax: absmax)
     }
 
-    /// Block kernels with the midpoints held in vectors.
+    /// Block kernels with the midpoints held in vectors. It holds no references, so passing it
+    /// around costs no reference counting in the per-block loop.
     struct Kernel: Sendable {
-        let type: QuantType
-        let midpoints: [SIMD8<Float>]
-        let order: [UInt8]
+        let isFP4: Bool
+        let m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14: SIMD8<Float>
+        let order: SIMD16<UInt8>
         let zeroCode: UInt8
 
         init(type: QuantType) {
-            self.type = type
-            let mids = type.midpoints
-            midpoints = mids.map { SIMD8<Float>(repeating: $0) }
-            order = type.order
-            zeroCode = type.order[mids.reduce(0) { $0 + ($1 < 0 ? 1 : 0) }]
+            isFP4 = type == .fp4
+            let m = type.midpoints.map { SIMD8<Float>(repeating: $0) }
+            (m0, m1, m2, m3, m4, m5, m6, m7) = (m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7])
+            (m8, m9, m10, m11, m12, m13, m14) = (m[8], m[9], m[10], m[11], m[12], m[13], m[14])
+            order = SIMD16<UInt8>(type.order)
+            zeroCode = type.order[type.midpoints.reduce(0) { $0 + ($1 < 0 ? 1 : 0) }]
         }
 
         /// Quantizes one block into `out` (which starts at the block's first byte); returns the
@@ -183,12 +188,14 @@ public enum BlockwiseQuantizer {
         func scaleAndPack(_ values: UnsafeMutablePointer<Float>, count: Int, by factor: SIMD8<Float>, into out: UnsafeMutablePointer<UInt8>) {
             let raw = UnsafeMutableRawPointer(values)
             var i = 0
-            let one = SIMD8<Float>(repeating: 1)
+            // The midpoints live in registers: loading them from an array each time costs more
+            // than the comparisons.
             while i + 8 <= count {
-                let v = (raw.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self) * factor).clamped(lowerBound: -one, upperBound: one)
-                var q = SIMD8<Int32>(repeating: 0)
-                for m in midpoints { q.replace(with: q &+ 1, where: m .< v) }
-                if type == .fp4 { for lane in 0..<8 { q[lane] = Int32(order[Int(q[lane])]) } }
+                // No clamp to [-1, 1] here: every midpoint lies inside, so a value beyond ±1 lands
+                // in the same bucket as ±1 itself.
+                let v = raw.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self) * factor
+                var q = bucket(v)
+                if isFP4 { for lane in 0..<8 { q[lane] = Int32(order[Int(q[lane])]) } }
                 let bytes = SIMD4<UInt8>(truncatingIfNeeded: (q.evenHalf &<< 4) | q.oddHalf)
                 UnsafeMutableRawPointer(out + i / 2).storeBytes(of: bytes, as: SIMD4<UInt8>.self)
                 i += 8
@@ -202,12 +209,24 @@ public enum BlockwiseQuantizer {
             }
         }
 
+        /// The number of midpoints below each lane: the code before FP4's reordering. The sum is a
+        /// tree so that the comparisons do not wait on one another.
+        @inline(__always)
+        func bucket(_ v: SIMD8<Float>) -> SIMD8<Int32> {
+            @inline(__always) func below(_ m: SIMD8<Float>) -> SIMD8<Int32> { unsafeBitCast(m .< v, to: SIMD8<Int32>.self) }
+            let a = (below(m0) &+ below(m1)) &+ (below(m2) &+ below(m3))
+            let b = (below(m4) &+ below(m5)) &+ (below(m6) &+ below(m7))
+            let c = (below(m8) &+ below(m9)) &+ (below(m10) &+ below(m11))
+            let d = (below(m12) &+ below(m13)) &+ below(m14)
+            // A true lane is -1, so the sum is minus the count.
+            return 0 &- ((a &+ b) &+ (c &+ d))
+        }
+
         @inline(__always)
         func code(_ scaled: Float) -> UInt8 {
             let v = min(max(scaled, -1), 1)
-            var q = 0
-            for m in midpoints where m[0] < v { q += 1 }
-            return order[q]
+            let mids = [m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14]
+            return order[mids.reduce(0) { $0 + ($1[0] < v ? 1 : 0) }]
         }
     }
 }

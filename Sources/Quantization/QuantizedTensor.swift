@@ -184,5 +184,6 @@ public struct DequantizedTensor: TensorPayload {
             }
             if n == 0 { try sink(UnsafeRawBufferPointer(start: output.buffer.baseAddress, count: 0)) }
         }
+        source.packed.releaseResidentPages()
     }
 }

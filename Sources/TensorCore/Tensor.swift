@@ -115,6 +115,12 @@ public struct Tensor: TensorPayload {
         }
     }
 
+    /// Gives back the resident pages of a mapped tensor once it has been read (a no-op for owned
+    /// bytes); the data stays readable.
+    public func releaseResidentPages() {
+        if case .mapped(let file, let range) = storage { file.releasePages(range) }
+    }
+
     /// Bytes that are equal in both tensors, with the same dtype and shape.
     public func isIdentical(to other: Tensor) -> Bool {
         guard dtype == other.dtype, shape == other.shape, byteCount == other.byteCount else { return false }

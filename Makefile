@@ -36,12 +36,26 @@ demo: build
 	@echo
 	@echo "== qtool convert fixtures/tiny-llama $(DEMO)/tiny-llama-f32 --dtype f32 --max-shard-size 2MB"
 	@$(QTOOL) convert fixtures/tiny-llama $(DEMO)/tiny-llama-f32 --dtype f32 --max-shard-size 2MB
-	@ls -l $(DEMO)/tiny-llama-f32
-	@echo
-	@echo "== qtool convert $(DEMO)/tiny-llama-f32 $(DEMO)/tiny-llama-bf16.safetensors --dtype bf16"
-	@$(QTOOL) convert $(DEMO)/tiny-llama-f32 $(DEMO)/tiny-llama-bf16.safetensors --dtype bf16
+	@$(QTOOL) convert $(DEMO)/tiny-llama-f32 $(DEMO)/tiny-llama-bf16.safetensors --dtype bf16 --quiet
 	@cmp $(DEMO)/tiny-llama-bf16.safetensors fixtures/tiny-llama/model.safetensors \
 	  && echo "bf16 -> f32 (sharded) -> bf16 gives back transformers' model.safetensors byte for byte"
+	@echo
+	@echo "== qtool quantize fixtures/tiny-llama $(DEMO)/tiny-llama.nf4 --error"
+	@$(QTOOL) quantize fixtures/tiny-llama $(DEMO)/tiny-llama.nf4 --error
+	@echo "== qtool quantize fixtures/tiny-llama $(DEMO)/tiny-llama-bnb --format bnb"
+	@$(QTOOL) quantize fixtures/tiny-llama $(DEMO)/tiny-llama-bnb --format bnb
+	@cmp $(DEMO)/tiny-llama-bnb/model.safetensors fixtures/tiny-llama-bnb-nf4/model.safetensors \
+	  && echo "the bitsandbytes folder is byte for byte what transformers + bitsandbytes save for this model"
+	@echo
+	@echo "== qtool inspect $(DEMO)/tiny-llama.nf4 (last lines)"
+	@$(QTOOL) inspect $(DEMO)/tiny-llama.nf4 | tail -2
+	@echo
+	@echo "== qtool dequantize $(DEMO)/tiny-llama.nf4 $(DEMO)/tiny-llama-restored"
+	@$(QTOOL) dequantize $(DEMO)/tiny-llama.nf4 $(DEMO)/tiny-llama-restored
+	@echo
+	@echo "sizes:"
+	@du -b fixtures/tiny-llama/model.safetensors $(DEMO)/tiny-llama.nf4 $(DEMO)/tiny-llama-bnb/model.safetensors \
+	  $(DEMO)/tiny-llama-restored/model.safetensors | awk '{printf "  %10d  %s\n", $$1, $$2}'
 
 ## venv: the Python reference libraries, for fixtures and benchmarks only
 venv: $(PYTHON)

@@ -50,6 +50,9 @@ struct QuantizeCommand: ParsableCommand {
     @Option(help: "nf4 (a .nf4 container) or bnb (a bitsandbytes model folder).")
     var format: String = "nf4"
 
+    @Flag(help: "Also measure the error of the 4-bit weights against the source (slower).")
+    var error = false
+
     @Flag(help: "No progress bar.")
     var quiet = false
 
@@ -96,6 +99,7 @@ struct QuantizeCommand: ParsableCommand {
         var parameters = 0
         var originalBytes = 0
         var storedBytes = 0
+        var errorStats = QuantizationErrorStats()
         let written = try writer.write(names: checkpoint.entries.map(\.name)) { index in
             let entry = checkpoint.entries[index]
             parameters += entry.shape.elementCount
@@ -116,6 +120,7 @@ struct QuantizeCommand: ParsableCommand {
                 } catch {
                     throw CommandError(path: input, "tensor '\(entry.name)' \(error)")
                 }
+                if error { errorStats.add(source: tensor, quantized: q) }
                 tensor.releaseResidentPages()
                 quantizedCount += 1
                 storedBytes += q.storedBytes
@@ -142,12 +147,13 @@ struct QuantizeCommand: ParsableCommand {
                 JSONMember(key: "stored_bytes", value: .integer(storedBytes)),
                 JSONMember(key: "bits_per_parameter", value: .double((bits * 1000).rounded() / 1000)),
                 JSONMember(key: "seconds", value: .double(seconds)),
-            ]).serialized())
+            ] + (error ? [JSONMember(key: "error", value: errorStats.json)] : [])).serialized())
         } else if !quiet {
             StandardError.write(String(
                 format: "wrote %@: %d of %d tensors quantized (%@ %@), %@ from %@, %.3f bits per parameter, %.2f s\n",
                 output, quantizedCount, checkpoint.entries.count, type.rawValue, noDoubleQuant ? "" : "+ double quant",
                 ProgressBar.formatBytes(Double(storedBytes)), ProgressBar.formatBytes(Double(originalBytes)), bits, seconds))
+            if error { StandardError.write(errorStats.summary + "\n") }
         }
     }
 }
@@ -240,5 +246,44 @@ struct DequantizeCommand: ParsableCommand {
         } else if !quiet {
             StandardError.write(String(format: "wrote %@: %d tensors, %@ in %.2f s\n", output, checkpoint.entries.count, ProgressBar.formatBytes(Double(outputBytes)), seconds))
         }
+    }
+}
+
+/// How far 4-bit weights are from their source, over every quantized tensor.
+struct QuantizationErrorStats {
+    var squaredError = 0.0
+    var squaredSource = 0.0
+    var largest = 0.0
+    var count = 0
+
+    mutating func add(source: Tensor, quantized: QuantizedTensor) {
+        guard let widened = CastTensor(source, to: .f32) else { return }
+        let restored = quantized.dequantized(to: .f32).values(as: Float.self)
+        var index = 0
+        try? widened.stream(chunkBytes: 1 << 20) { piece in
+            for value in piece.bindMemory(to: Float.self) {
+                let difference = Double(restored[index]) - Double(value)
+                squaredError += difference * difference
+                squaredSource += Double(value) * Double(value)
+                largest = max(largest, abs(difference))
+                index += 1
+            }
+        }
+        count += index
+    }
+
+    var rmse: Double { count == 0 ? 0 : (squaredError / Double(count)).squareRoot() }
+    var relative: Double { squaredSource == 0 ? 0 : (squaredError / squaredSource).squareRoot() }
+
+    var json: JSONValue {
+        .object([
+            JSONMember(key: "rmse", value: .double(rmse)),
+            JSONMember(key: "relative_rmse", value: .double(relative)),
+            JSONMember(key: "max_abs_error", value: .double(largest)),
+        ])
+    }
+
+    var summary: String {
+        String(format: "error of the 4-bit weights against the source: RMSE %.3g, relative %.2f%%, largest %.3g", rmse, relative * 100, largest)
     }
 }

@@ -40,7 +40,7 @@ struct CheckpointWriter {
     let progress: ProgressBar
 
     /// Writes `names.count` tensors, asking `produce` for each in order; returns the files written.
-    func write(names: [String], produce: (Int) throws -> OutputItem) throws -> [String] {
+    func write(names: [String], produce: @escaping (Int) throws -> OutputItem) throws -> [String] {
         switch target {
         case .nf4(let path):
             return try writeNF4(path, names: names, produce: produce)
@@ -54,12 +54,14 @@ struct CheckpointWriter {
         }
     }
 
-    private func writeNF4(_ path: String, names: [String], produce: (Int) throws -> OutputItem) throws -> [String] {
+    private func writeNF4(_ path: String, names: [String], produce: @escaping (Int) throws -> OutputItem) throws -> [String] {
         let level = compressionLevel
         let writer = try NF4Writer(path: path, compressionLevel: level, metadata: metadata)
         do {
+            // While tensor i is written, tensor i + 1 is produced (quantized) on another thread.
+            let pipeline = Prefetcher(count: names.count, produce: produce)
             for (index, name) in names.enumerated() {
-                switch try produce(index) {
+                switch try pipeline.item(index) {
                 case .quantized(let q): try writer.addQuantized(name: name, QuantizedAdapter.toContainer(q))
                 case .plain(let payload): try writer.addPlain(name: name, try materializeTensor(payload))
                 }
@@ -185,4 +187,42 @@ enum ConfigFile {
         let name = config["dtype"]?.stringValue ?? config["torch_dtype"]?.stringValue
         return DType.allCases.first { $0.torchName == name }
     }
+}
+
+/// Produces items one ahead of their consumer, on a background thread: `item(i)` returns item i
+/// and starts item i + 1. Items are produced one at a time and in order, so `produce` needs no
+/// locking of its own state.
+final class Prefetcher: @unchecked Sendable {
+    private let count: Int
+    private let produce: (Int) throws -> OutputItem
+    private var pending: (index: Int, done: DispatchSemaphore)?
+    private var result: Result<OutputItem, any Error>?
+    private let queue = DispatchQueue(label: "qtool.prefetch")
+
+    init(count: Int, produce: @escaping (Int) throws -> OutputItem) {
+        self.count = count
+        self.produce = produce
+    }
+
+    func item(_ index: Int) throws -> OutputItem {
+        let current: Result<OutputItem, any Error>
+        if let pending, pending.index == index {
+            pending.done.wait()
+            current = result!
+        } else {
+            current = Result { try produce(index) }
+        }
+        pending = nil
+        if case .success = current, index + 1 < count {
+            let done = DispatchSemaphore(value: 0)
+            pending = (index + 1, done)
+            queue.async { [self] in
+                result = Result { try produce(index + 1) }
+                done.signal()
+            }
+        }
+        return try current.get()
+    }
+
+    deinit { pending?.done.wait() }
 }

@@ -2,9 +2,10 @@ import Foundation
 
 /// A progress bar with rate and ETA on standard error, drawn only when standard error is a
 /// terminal and not silenced, and only once the work has taken more than half a second.
-/// Driven from the thread that does the work; `@unchecked` because it is never shared between
-/// threads at once.
+/// Progress may be reported from the thread that produces tensors and the one that writes them;
+/// a lock keeps the count and the drawing consistent.
 public final class ProgressBar: @unchecked Sendable {
+    private let lock = NSLock()
     private let label: String
     private let total: Int
     private let enabled: Bool
@@ -25,12 +26,20 @@ public final class ProgressBar: @unchecked Sendable {
 
     /// Records `count` more units done and redraws when due.
     public func advance(by count: Int) {
+        lock.lock()
+        defer { lock.unlock() }
         done += count
-        update(done)
+        draw(done)
     }
 
     public func update(_ done: Int) {
+        lock.lock()
+        defer { lock.unlock() }
         self.done = done
+        draw(done)
+    }
+
+    private func draw(_ done: Int) {
         guard enabled else { return }
         let now = Date()
         let elapsed = now.timeIntervalSince(start)

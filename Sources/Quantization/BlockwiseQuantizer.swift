@@ -93,16 +93,27 @@ public enum BlockwiseQuantizer {
     public static func quantize(
         _ source: UnsafeRawPointer, dtype: DType, count n: Int, blocksize: Int, type: QuantType
     ) throws(QuantizationError) -> BlockwiseQuantization {
+        let (packed, absmax) = try quantizeToBuffer(source, dtype: dtype, count: n, blocksize: blocksize, type: type)
+        let bytes = Array(UnsafeRawBufferPointer(start: packed.buffer.baseAddress, count: packed.count))
+        return BlockwiseQuantization(quantType: type, blocksize: blocksize, elementCount: n, packed: bytes, absmax: absmax)
+    }
+
+    /// `quantize`, leaving the codes in a buffer a tensor can own without a copy.
+    public static func quantizeToBuffer(
+        _ source: UnsafeRawPointer, dtype: DType, count n: Int, blocksize: Int, type: QuantType
+    ) throws(QuantizationError) -> (packed: OwnedBytes, absmax: [Float]) {
         try checkBlocksize(blocksize)
         guard [.f32, .f16, .bf16, .f64].contains(dtype) else { throw .unsupportedDType(dtype) }
         let blocks = (n + blocksize - 1) / blocksize
-        var packed = [UInt8](repeating: 0, count: (n + 1) / 2)
+        // Every byte is written by the block that owns it.
+        let packed = OwnedBytes(count: (n + 1) / 2)
         var absmax = [Float](repeating: 0, count: blocks)
         let firstBad = AtomicMinimum()
         let input = SendableRawPointer(source)
-        packed.withUnsafeMutableBytes { packedBytes in
+        do {
+            let packedBytes = packed.buffer
             absmax.withUnsafeMutableBufferPointer { absmaxBuffer in
-                let out = SendableMutableRawPointer(packedBytes.baseAddress ?? UnsafeMutableRawPointer(bitPattern: 1)!)
+                let out = SendableMutableRawPointer(packedBytes.baseAddress!)
                 let scales = SendableMutableRawPointer(UnsafeMutableRawPointer(absmaxBuffer.baseAddress ?? UnsafeMutablePointer(bitPattern: 4)!))
                 let kernel = Kernel(type: type)
                 // About 64 KiB of input per task, widened to float32 in one pass.
@@ -130,7 +141,7 @@ public enum BlockwiseQuantizer {
             }
         }
         if let bad = firstBad.value { throw .nonFinite(elementIndex: bad) }
-        return BlockwiseQuantization(quantType: type, blocksize: blocksize, elementCount: n, packed: packed, absmax: absmax)
+        return (packed, absmax)
     }
 
     /// Block kernels with the midpoints held in vectors. It holds no references, so passing it

@@ -47,13 +47,13 @@ public struct QuantizedTensor: Sendable {
     ) throws(QuantizationError) -> QuantizedTensor {
         let outcome = source.withBytes { raw in
             Result { () throws(QuantizationError) in
-                try BlockwiseQuantizer.quantize(
+                try BlockwiseQuantizer.quantizeToBuffer(
                     raw.baseAddress ?? UnsafeRawPointer(bitPattern: 8)!, dtype: source.dtype, count: source.elementCount,
                     blocksize: blocksize, type: type)
             }
         }
         let first = try outcome.get()
-        let packed = Tensor(dtype: .u8, shape: [first.packed.count], values: first.packed)
+        let packed = Tensor(dtype: .u8, shape: [first.packed.count], storage: .owned(first.packed))
         let absmax: Absmax
         if doubleQuantization {
             let nested = DoubleQuantizedAbsmax.quantize(first.absmax)

@@ -24,43 +24,20 @@ struct ConvertCommand: ParsableCommand {
     @Argument(help: "A .safetensors file, or a model folder.")
     var output: String
 
-    @Option(help: "Cast floating-point tensors to f32, f16 or bf16 (integer tensors are kept).")
-    var dtype: String?
+    @OptionGroup var floats: FloatOutputOptions
+    @OptionGroup var report: ReportOptions
 
-    @Option(help: "Largest shard of a folder output, e.g. 5GB, 500MB, 2GiB or bytes.")
-    var maxShardSize: String?
-
-    @Flag(help: "No progress bar.")
-    var quiet = false
-
-    @Flag(help: "Print a JSON summary.")
-    var json = false
-
-    func validate() throws {
-        if let dtype {
-            guard let parsed = DType(userName: dtype), [.f32, .f16, .bf16].contains(parsed) else {
-                throw ValidationError("--dtype must be f32, f16 or bf16, not '\(dtype)'")
-            }
-        }
-        if let maxShardSize {
-            guard ShardedWriter.parseSize(maxShardSize) != nil else {
-                throw ValidationError("--max-shard-size must be a size such as 5GB, 500MB or 2GiB, not '\(maxShardSize)'")
-            }
-            guard !output.hasSuffix(".safetensors") else {
-                throw ValidationError("--max-shard-size needs a folder OUTPUT, not a .safetensors file")
-            }
-        }
-    }
+    func validate() throws { try floats.validate(output: output) }
 
     func run() throws {
         let started = Date()
         let checkpoint = try Checkpoint.open(input)
-        let target = dtype.flatMap { DType(userName: $0) }
+        let target = floats.targetDType
         let totalBytes = checkpoint.entries.reduce(0) { $0 + $1.storedBytes }
-        let progress = ProgressBar(label: "convert", total: totalBytes, quiet: quiet)
+        let progress = ProgressBar(label: "convert", total: totalBytes, quiet: report.quiet)
         var writer = CheckpointWriter(
             target: OutputTarget(output), metadata: checkpoint.metadata, companions: checkpoint.companions, progress: progress)
-        writer.maxShardSize = maxShardSize.flatMap(ShardedWriter.parseSize)
+        writer.maxShardSize = floats.shardLimit
         writer.shardGroups = checkpoint.shardGroups
         writer.castDType = target
         let written = try writer.write(names: checkpoint.entries.map(\.name)) { index in
@@ -75,7 +52,7 @@ struct ConvertCommand: ParsableCommand {
         }
         progress.finish()
         let seconds = Date().timeIntervalSince(started)
-        if json {
+        if report.json {
             let report: JSONValue = .object([
                 JSONMember(key: "input", value: .string(input)),
                 JSONMember(key: "output", value: .string(output)),
@@ -85,7 +62,7 @@ struct ConvertCommand: ParsableCommand {
                 JSONMember(key: "seconds", value: .double(seconds)),
             ])
             print(report.serialized())
-        } else if !quiet {
+        } else if !report.quiet {
             StandardError.write("wrote \(output): \(checkpoint.entries.count) tensors, \(ProgressBar.formatBytes(Double(totalBytes))) in \(String(format: "%.2f", seconds)) s\n")
         }
     }

@@ -53,11 +53,7 @@ struct QuantizeCommand: ParsableCommand {
     @Flag(help: "Also measure the error of the 4-bit weights against the source (slower).")
     var error = false
 
-    @Flag(help: "No progress bar.")
-    var quiet = false
-
-    @Flag(help: "Print a JSON report.")
-    var json = false
+    @OptionGroup var report: ReportOptions
 
     func validate() throws {
         guard QuantType(rawValue: quantType) != nil else { throw ValidationError("--quant-type must be nf4 or fp4") }
@@ -86,7 +82,7 @@ struct QuantizeCommand: ParsableCommand {
         let type = QuantType(rawValue: quantType)!
         let selection = TensorSelection(include: include, skip: skip)
         let sourceBytes = checkpoint.entries.reduce(0) { $0 + $1.storedBytes }
-        let progress = ProgressBar(label: "quantize", total: sourceBytes, quiet: quiet)
+        let progress = ProgressBar(label: "quantize", total: sourceBytes, quiet: report.quiet)
         let target: OutputTarget
         if format == "nf4" {
             target = .nf4(output)
@@ -131,7 +127,7 @@ struct QuantizeCommand: ParsableCommand {
         progress.finish()
         let seconds = Date().timeIntervalSince(started)
         let bits = parameters == 0 ? 0 : Double(storedBytes * 8) / Double(parameters)
-        if json {
+        if report.json {
             print(JSONValue.object([
                 JSONMember(key: "input", value: .string(input)),
                 JSONMember(key: "output", value: .string(output)),
@@ -148,103 +144,12 @@ struct QuantizeCommand: ParsableCommand {
                 JSONMember(key: "bits_per_parameter", value: .double((bits * 1000).rounded() / 1000)),
                 JSONMember(key: "seconds", value: .double(seconds)),
             ] + (error ? [JSONMember(key: "error", value: errorStats.json)] : [])).serialized())
-        } else if !quiet {
+        } else if !report.quiet {
             StandardError.write(String(
                 format: "wrote %@: %d of %d tensors quantized (%@ %@), %@ from %@, %.3f bits per parameter, %.2f s\n",
                 output, quantizedCount, checkpoint.entries.count, type.rawValue, noDoubleQuant ? "" : "+ double quant",
                 ProgressBar.formatBytes(Double(storedBytes)), ProgressBar.formatBytes(Double(originalBytes)), bits, seconds))
             if error { StandardError.write(errorStats.summary + "\n") }
-        }
-    }
-}
-
-struct DequantizeCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "dequantize",
-        abstract: "Restore a 4-bit checkpoint (.nf4 or bitsandbytes folder) to floats in safetensors.",
-        discussion: """
-            Every tensor of the source is written: quantized ones dequantized as bitsandbytes'
-            dequantize_4bit does, to their original dtype or to --dtype; the others as they are
-            (cast too when --dtype is given). OUTPUT ending in .safetensors is one file, anything
-            else a model folder (config.json without quantization_config, tokenizer files).
-
-            Examples:
-              qtool dequantize tiny.nf4 out/tiny-restored
-              qtool dequantize out/tiny-bnb tiny-f32.safetensors --dtype f32
-            """)
-
-    @Argument(help: "A .nf4 file or a bitsandbytes model folder.")
-    var input: String
-
-    @Argument(help: "A .safetensors file or a model folder.")
-    var output: String
-
-    @Option(help: "f32, f16 or bf16 (default: each tensor's original dtype).")
-    var dtype: String?
-
-    @Option(help: "Largest shard of a folder output, e.g. 5GB.")
-    var maxShardSize: String?
-
-    @Option(help: "Threads for the kernels (default: all cores).")
-    var threads: Int?
-
-    @Flag(help: "No progress bar.")
-    var quiet = false
-
-    @Flag(help: "Print a JSON report.")
-    var json = false
-
-    func validate() throws {
-        if let dtype {
-            guard let parsed = DType(userName: dtype), [.f32, .f16, .bf16].contains(parsed) else {
-                throw ValidationError("--dtype must be f32, f16 or bf16, not '\(dtype)'")
-            }
-        }
-        guard !output.hasSuffix(".nf4") else { throw ValidationError("OUTPUT must be a .safetensors file or a folder") }
-        if let maxShardSize, ShardedWriter.parseSize(maxShardSize) == nil {
-            throw ValidationError("--max-shard-size must be a size such as 5GB")
-        }
-        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
-    }
-
-    func run() throws {
-        if let threads { ParallelismSettings.threadCount = threads }
-        let started = Date()
-        let checkpoint = try Checkpoint.open(input)
-        guard checkpoint.isQuantized else { throw CommandError(path: input, "holds no quantized tensors") }
-        let target = dtype.flatMap { DType(userName: $0) }
-        let total = checkpoint.entries.reduce(0) { $0 + $1.storedBytes }
-        let progress = ProgressBar(label: "dequantize", total: total, quiet: quiet)
-        var writer = CheckpointWriter(target: OutputTarget(output), metadata: checkpoint.metadata, companions: checkpoint.companions, progress: progress)
-        writer.maxShardSize = maxShardSize.flatMap(ShardedWriter.parseSize)
-        writer.castDType = target
-        var outputBytes = 0
-        let written = try writer.write(names: checkpoint.entries.map(\.name)) { index in
-            let entry = checkpoint.entries[index]
-            switch try entry.load() {
-            case .quantized(let q):
-                let payload = q.dequantizedPayload(to: target ?? (q.originalDType == .f64 ? .f32 : q.originalDType))
-                outputBytes += payload.byteCount
-                return .plain(payload)
-            case .plain(let tensor):
-                outputBytes += tensor.byteCount
-                guard let target, tensor.dtype.isFloatingPoint, let cast = CastTensor(tensor, to: target) else { return .plain(tensor) }
-                return .plain(cast)
-            }
-        }
-        progress.finish()
-        let seconds = Date().timeIntervalSince(started)
-        if json {
-            print(JSONValue.object([
-                JSONMember(key: "input", value: .string(input)),
-                JSONMember(key: "output", value: .string(output)),
-                JSONMember(key: "files", value: .array(written.map(JSONValue.string))),
-                JSONMember(key: "tensors", value: .integer(checkpoint.entries.count)),
-                JSONMember(key: "bytes", value: .integer(outputBytes)),
-                JSONMember(key: "seconds", value: .double(seconds)),
-            ]).serialized())
-        } else if !quiet {
-            StandardError.write(String(format: "wrote %@: %d tensors, %@ in %.2f s\n", output, checkpoint.entries.count, ProgressBar.formatBytes(Double(outputBytes)), seconds))
         }
     }
 }

@@ -1,0 +1,80 @@
+import ArgumentParser
+import Foundation
+import Quantization
+import TensorCore
+
+struct DequantizeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "dequantize",
+        abstract: "Restore a 4-bit checkpoint (.nf4 or bitsandbytes folder) to floats in safetensors.",
+        discussion: """
+            Every tensor of the source is written: quantized ones dequantized as bitsandbytes'
+            dequantize_4bit does, to their original dtype or to --dtype; the others as they are
+            (cast too when --dtype is given). OUTPUT ending in .safetensors is one file, anything
+            else a model folder (config.json without quantization_config, tokenizer files).
+
+            Examples:
+              qtool dequantize tiny.nf4 out/tiny-restored
+              qtool dequantize out/tiny-bnb tiny-f32.safetensors --dtype f32
+            """)
+
+    @Argument(help: "A .nf4 file or a bitsandbytes model folder.")
+    var input: String
+
+    @Argument(help: "A .safetensors file or a model folder.")
+    var output: String
+
+    @OptionGroup var floats: FloatOutputOptions
+
+    @Option(help: "Threads for the kernels (default: all cores).")
+    var threads: Int?
+
+    @OptionGroup var report: ReportOptions
+
+    func validate() throws {
+        guard !output.hasSuffix(".nf4") else { throw ValidationError("OUTPUT must be a .safetensors file or a folder") }
+        try floats.validate(output: output)
+        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
+    }
+
+    func run() throws {
+        if let threads { ParallelismSettings.threadCount = threads }
+        let started = Date()
+        let checkpoint = try Checkpoint.open(input)
+        guard checkpoint.isQuantized else { throw CommandError(path: input, "holds no quantized tensors") }
+        let target = floats.targetDType
+        let total = checkpoint.entries.reduce(0) { $0 + $1.storedBytes }
+        let progress = ProgressBar(label: "dequantize", total: total, quiet: report.quiet)
+        var writer = CheckpointWriter(target: OutputTarget(output), metadata: checkpoint.metadata, companions: checkpoint.companions, progress: progress)
+        writer.maxShardSize = floats.shardLimit
+        writer.castDType = target
+        var outputBytes = 0
+        let written = try writer.write(names: checkpoint.entries.map(\.name)) { index in
+            let entry = checkpoint.entries[index]
+            switch try entry.load() {
+            case .quantized(let q):
+                let payload = q.dequantizedPayload(to: target ?? (q.originalDType == .f64 ? .f32 : q.originalDType))
+                outputBytes += payload.byteCount
+                return .plain(payload)
+            case .plain(let tensor):
+                outputBytes += tensor.byteCount
+                guard let target, tensor.dtype.isFloatingPoint, let cast = CastTensor(tensor, to: target) else { return .plain(tensor) }
+                return .plain(cast)
+            }
+        }
+        progress.finish()
+        let seconds = Date().timeIntervalSince(started)
+        if report.json {
+            print(JSONValue.object([
+                JSONMember(key: "input", value: .string(input)),
+                JSONMember(key: "output", value: .string(output)),
+                JSONMember(key: "files", value: .array(written.map(JSONValue.string))),
+                JSONMember(key: "tensors", value: .integer(checkpoint.entries.count)),
+                JSONMember(key: "bytes", value: .integer(outputBytes)),
+                JSONMember(key: "seconds", value: .double(seconds)),
+            ]).serialized())
+        } else if !report.quiet {
+            StandardError.write(String(format: "wrote %@: %d tensors, %@ in %.2f s\n", output, checkpoint.entries.count, ProgressBar.formatBytes(Double(outputBytes)), seconds))
+        }
+    }
+}

@@ -1,0 +1,42 @@
+import ArgumentParser
+import SafetensorsFormat
+import TensorCore
+
+/// `--dtype` and `--max-shard-size`, shared by the commands that write float checkpoints.
+struct FloatOutputOptions: ParsableArguments {
+    @Option(help: "Cast floating-point tensors to f32, f16 or bf16 (integer tensors are kept).")
+    var dtype: String?
+
+    @Option(help: "Largest shard of a folder output, e.g. 5GB, 500MB, 2GiB or bytes.")
+    var maxShardSize: String?
+
+    var targetDType: DType? { dtype.flatMap { DType(userName: $0) } }
+    var shardLimit: Int? { maxShardSize.flatMap(ShardedWriter.parseSize) }
+
+    func validate() throws {
+        if let dtype {
+            guard let parsed = DType(userName: dtype), [.f32, .f16, .bf16].contains(parsed) else {
+                throw ValidationError("--dtype must be f32, f16 or bf16, not '\(dtype)'")
+            }
+        }
+        if let maxShardSize, ShardedWriter.parseSize(maxShardSize) == nil {
+            throw ValidationError("--max-shard-size must be a size such as 5GB, 500MB or 2GiB, not '\(maxShardSize)'")
+        }
+    }
+
+    /// Checks that a shard limit goes with a folder output.
+    func validate(output: String) throws {
+        if maxShardSize != nil, output.hasSuffix(".safetensors") || output.hasSuffix(".nf4") {
+            throw ValidationError("--max-shard-size needs a folder OUTPUT, not a single file")
+        }
+    }
+}
+
+/// `--quiet` and `--json`, shared by every command that reports.
+struct ReportOptions: ParsableArguments {
+    @Flag(help: "No progress bar and no summary line.")
+    var quiet = false
+
+    @Flag(help: "Print a JSON report on standard output.")
+    var json = false
+}

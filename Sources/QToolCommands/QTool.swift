@@ -16,17 +16,16 @@ public struct QTool: ParsableCommand {
         abstract: "Quantize, convert, merge and check checkpoints for the 4-bit QLoRA workflow.",
         discussion: """
             Commands, with an example each:
-              inspect   List the tensors of a checkpoint.
-                          qtool inspect fixtures/tiny-llama --json
-              convert   Convert between formats, cast float tensors, shard.
-                          qtool convert fixtures/tiny-llama out/tiny-f32 --dtype f32 --max-shard-size 2MB
-              quantize  Quantize to 4 bits (NF4/FP4), bit for bit as bitsandbytes.
-                          qtool quantize fixtures/tiny-llama out/tiny.nf4
+              inspect     List the tensors of a checkpoint.
+                            qtool inspect fixtures/tiny-llama --json
+              convert     Convert between formats, cast float tensors, shard.
+                            qtool convert fixtures/tiny-llama out/f32 --dtype f32
+              quantize    Quantize to 4 bits (NF4/FP4) as bitsandbytes does.
+                            qtool quantize fixtures/tiny-llama out/tiny.nf4
               dequantize  Restore a .nf4 file or bitsandbytes folder to floats.
-                          qtool dequantize out/tiny.nf4 out/tiny-restored
+                            qtool dequantize out/tiny.nf4 out/tiny-restored
 
-            Errors about input files are printed as 'error: <file>: <problem>' and exit with
-            status 2; success exits 0.
+            Input errors print 'error: <file>: <problem>' and exit with status 2.
             """,
         version: version,
         subcommands: [InspectCommand.self, ConvertCommand.self, QuantizeCommand.self, DequantizeCommand.self]

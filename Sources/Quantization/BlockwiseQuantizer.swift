@@ -116,21 +116,28 @@ public enum BlockwiseQuantizer {
                 let out = SendableMutableRawPointer(packedBytes.baseAddress!)
                 let scales = SendableMutableRawPointer(UnsafeMutableRawPointer(absmaxBuffer.baseAddress ?? UnsafeMutablePointer(bitPattern: 4)!))
                 let kernel = Kernel(type: type)
-                // About 64 KiB of input per task, widened to float32 in one pass.
+                // About 64 KiB of input per task. Full blocks of f32 and bf16 are read in place;
+                // other types, and the last partial block, are widened into a scratch block first.
                 let blocksPerTask = max(1, 16384 / blocksize)
                 parallelForChunks(count: blocks, chunk: blocksPerTask) { blockRange in
-                    withUnsafeTemporaryAllocation(of: Float.self, capacity: blocksPerTask * blocksize) { temp in
-                        let first = blockRange.lowerBound * blocksize
-                        let total = min(n, blockRange.upperBound * blocksize) - first
-                        FloatConversion.decodeToFloat32(input.raw, dtype, from: first, count: total, into: temp.baseAddress!)
+                    withUnsafeTemporaryAllocation(of: Float.self, capacity: blocksize) { temp in
                         let codes = out.raw.assumingMemoryBound(to: UInt8.self)
                         let scaleOut = scales.raw.assumingMemoryBound(to: Float.self)
                         for block in blockRange {
                             let start = block * blocksize
                             let length = min(blocksize, n - start)
-                            let values = temp.baseAddress! + (start - first)
-                            guard let scale = kernel.quantizeBlock(values, count: length, isFull: length == blocksize, into: codes + start / 2) else {
-                                let bad = (0..<length).first { !values[$0].isFinite } ?? 0
+                            let scale: Float?
+                            if length == blocksize && dtype == .bf16 {
+                                scale = kernel.quantizeFullBlock(bf16: input.raw + start * 2, count: length, into: codes + start / 2)
+                            } else if length == blocksize && dtype == .f32 {
+                                scale = kernel.quantizeFullBlock(f32: input.raw + start * 4, count: length, into: codes + start / 2)
+                            } else {
+                                FloatConversion.decodeToFloat32(input.raw, dtype, from: start, count: length, into: temp.baseAddress!)
+                                scale = kernel.quantizeBlock(temp.baseAddress!, count: length, isFull: length == blocksize, into: codes + start / 2)
+                            }
+                            guard let scale else {
+                                FloatConversion.decodeToFloat32(input.raw, dtype, from: start, count: length, into: temp.baseAddress!)
+                                let bad = (0..<length).first { !temp[$0].isFinite } ?? 0
                                 firstBad.record(start + bad)
                                 continue
                             }
@@ -159,6 +166,60 @@ public enum BlockwiseQuantizer {
             (m8, m9, m10, m11, m12, m13, m14) = (m[8], m[9], m[10], m[11], m[12], m[13], m[14])
             order = SIMD16<UInt8>(type.order)
             zeroCode = type.order[type.midpoints.reduce(0) { $0 + ($1 < 0 ? 1 : 0) }]
+        }
+
+        /// A full block of bf16 read in place: the largest magnitude from the 16-bit patterns, then
+        /// each value widened to float32 (exact) as it is scaled.
+        @inline(__always)
+        func quantizeFullBlock(bf16 source: UnsafeRawPointer, count: Int, into out: UnsafeMutablePointer<UInt8>) -> Float? {
+            var widest = SIMD16<UInt16>(repeating: 0)
+            var i = 0
+            while i + 16 <= count {
+                widest = pointwiseMax(widest, source.loadUnaligned(fromByteOffset: i * 2, as: SIMD16<UInt16>.self) & 0x7FFF)
+                i += 16
+            }
+            let widestBits = UInt32(widest.max()) << 16
+            guard widestBits < 0x7F80_0000 else { return nil }
+            let blockMax = Float(bitPattern: widestBits)
+            let factor = SIMD8<Float>(repeating: 1 / max(blockMax, smallestScale))
+            i = 0
+            while i < count {
+                let half = SIMD8<UInt32>(truncatingIfNeeded: source.loadUnaligned(fromByteOffset: i * 2, as: SIMD8<UInt16>.self))
+                let v = unsafeBitCast(half &<< 16, to: SIMD8<Float>.self) * factor
+                store(bucket(v), into: out + i / 2)
+                i += 8
+            }
+            return blockMax
+        }
+
+        /// A full block of f32 read in place.
+        @inline(__always)
+        func quantizeFullBlock(f32 source: UnsafeRawPointer, count: Int, into out: UnsafeMutablePointer<UInt8>) -> Float? {
+            var widest = SIMD8<UInt32>(repeating: 0)
+            var i = 0
+            while i + 8 <= count {
+                widest = pointwiseMax(widest, source.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<UInt32>.self) & 0x7FFF_FFFF)
+                i += 8
+            }
+            let widestBits = widest.max()
+            guard widestBits < 0x7F80_0000 else { return nil }
+            let blockMax = Float(bitPattern: widestBits)
+            let factor = SIMD8<Float>(repeating: 1 / max(blockMax, smallestScale))
+            i = 0
+            while i < count {
+                store(bucket(source.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self) * factor), into: out + i / 2)
+                i += 8
+            }
+            return blockMax
+        }
+
+        /// Packs eight bucket indices (FP4: through its order) into four bytes, high nibble first.
+        @inline(__always)
+        func store(_ buckets: SIMD8<Int32>, into out: UnsafeMutablePointer<UInt8>) {
+            var q = buckets
+            if isFP4 { for lane in 0..<8 { q[lane] = Int32(order[Int(q[lane])]) } }
+            let bytes = SIMD4<UInt8>(truncatingIfNeeded: (q.evenHalf &<< 4) | q.oddHalf)
+            UnsafeMutableRawPointer(out).storeBytes(of: bytes, as: SIMD4<UInt8>.self)
         }
 
         /// Quantizes one block into `out` (which starts at the block's first byte); returns the

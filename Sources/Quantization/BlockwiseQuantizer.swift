@@ -281,17 +281,23 @@ public enum BlockwiseQuantizer {
             }
         }
 
-        /// The number of midpoints below each lane: the code before FP4's reordering. The sum is a
-        /// tree so that the comparisons do not wait on one another.
+        /// The number of midpoints below each lane: the code before FP4's reordering. A branchless
+        /// binary search over the 15 sorted midpoints: four comparisons, each against the midpoint
+        /// the earlier answers select (blends of constant vectors), instead of fifteen.
         @inline(__always)
         func bucket(_ v: SIMD8<Float>) -> SIMD8<Int32> {
-            @inline(__always) func below(_ m: SIMD8<Float>) -> SIMD8<Int32> { unsafeBitCast(m .< v, to: SIMD8<Int32>.self) }
-            let a = (below(m0) &+ below(m1)) &+ (below(m2) &+ below(m3))
-            let b = (below(m4) &+ below(m5)) &+ (below(m6) &+ below(m7))
-            let c = (below(m8) &+ below(m9)) &+ (below(m10) &+ below(m11))
-            let d = (below(m12) &+ below(m13)) &+ below(m14)
-            // A true lane is -1, so the sum is minus the count.
-            return 0 &- ((a &+ b) &+ (c &+ d))
+            let c1 = m7 .< v
+            let c2 = m3.replacing(with: m11, where: c1) .< v
+            let t3 = m1.replacing(with: m5, where: c2).replacing(with: m9.replacing(with: m13, where: c2), where: c1)
+            let c3 = t3 .< v
+            let low = m0.replacing(with: m2, where: c3).replacing(with: m4.replacing(with: m6, where: c3), where: c2)
+            let high = m8.replacing(with: m10, where: c3).replacing(with: m12.replacing(with: m14, where: c3), where: c2)
+            let c4 = low.replacing(with: high, where: c1) .< v
+            // A true mask lane is all ones: keep one bit of each answer.
+            @inline(__always) func bit(_ mask: SIMDMask<SIMD8<Int32>>, _ value: Int32) -> SIMD8<Int32> {
+                unsafeBitCast(mask, to: SIMD8<Int32>.self) & value
+            }
+            return (bit(c1, 8) | bit(c2, 4)) | (bit(c3, 2) | bit(c4, 1))
         }
 
         @inline(__always)

@@ -1,13 +1,6 @@
 import Foundation
 import TensorCore
 
-/// What is wrong with a tensor stored in bitsandbytes' layout.
-public struct BitsandbytesLayoutError: Error, Equatable, CustomStringConvertible {
-    public let tensor: String
-    public let problem: String
-    public var description: String { "tensor '\(tensor)': \(problem)" }
-}
-
 /// bitsandbytes' pre-quantized layout, as transformers saves a 4-bit model (`save_pretrained`):
 /// for each quantized weight `X`,
 ///
@@ -64,13 +57,13 @@ public enum BitsandbytesLayout {
     }
 
     /// Splits a checkpoint in this layout into quantized weights and the other tensors, in order.
-    public static func `import`(_ tensors: NamedTensors) throws(BitsandbytesLayoutError) -> [(name: String, tensor: QuantizedOrPlain)] {
+    public static func `import`(_ tensors: NamedTensors) throws(QuantizationError) -> [(name: String, tensor: QuantizedOrPlain)] {
         var stateOf: [String: (type: QuantType, key: String)] = [:]
         for name in tensors.names {
             guard let range = name.range(of: quantStatePrefix) else { continue }
             let base = String(name[..<range.lowerBound])
             guard let type = QuantType(rawValue: String(name[range.upperBound...])) else {
-                throw BitsandbytesLayoutError(tensor: name, problem: "unknown quant type '\(name[range.upperBound...])'")
+                throw .invalidLayout(tensor: name, problem: "unknown quant type '\(name[range.upperBound...])'")
             }
             stateOf[base] = (type, name)
         }
@@ -91,9 +84,9 @@ public enum BitsandbytesLayout {
         return result
     }
 
-    static func read(base: String, type: QuantType, stateKey: String, _ tensors: NamedTensors) throws(BitsandbytesLayoutError) -> QuantizedTensor {
-        func fail(_ problem: String) -> BitsandbytesLayoutError { BitsandbytesLayoutError(tensor: base, problem: problem) }
-        func need(_ suffix: String, _ dtype: DType) throws(BitsandbytesLayoutError) -> Tensor {
+    static func read(base: String, type: QuantType, stateKey: String, _ tensors: NamedTensors) throws(QuantizationError) -> QuantizedTensor {
+        func fail(_ problem: String) -> QuantizationError { .invalidLayout(tensor: base, problem: problem) }
+        func need(_ suffix: String, _ dtype: DType) throws(QuantizationError) -> Tensor {
             guard let t = tensors[base + suffix] else { throw fail("missing \(base + suffix)") }
             guard t.dtype == dtype else { throw fail("\(base + suffix) is \(t.dtype.rawValue), expected \(dtype.rawValue)") }
             return t

@@ -7,9 +7,12 @@ public enum QuantizationError: Error, Equatable, CustomStringConvertible {
     case nonFinite(elementIndex: Int)
     case unsupportedDType(DType)
     case invalidBlocksize(Int)
+    /// A tensor stored in bitsandbytes' layout that does not add up.
+    case invalidLayout(tensor: String, problem: String)
 
     public var description: String {
         switch self {
+        case .invalidLayout(let tensor, let problem): "tensor '\(tensor)': \(problem)"
         case .nonFinite(let index): "holds NaN or infinity (element \(index)); cannot quantize"
         case .unsupportedDType(let dtype): "is \(dtype.rawValue); only float tensors can be quantized"
         case .invalidBlocksize(let size): "blocksize \(size) is not a power of two from 32 to 4096"

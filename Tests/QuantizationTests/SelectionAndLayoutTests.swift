@@ -98,6 +98,11 @@ struct SelectionAndLayoutTests {
             }
         }
         tensors = broken
-        #expect(throws: BitsandbytesLayoutError.self) { _ = try BitsandbytesLayout.import(tensors) }
+        #expect {
+            _ = try BitsandbytesLayout.import(tensors)
+        } throws: { error in
+            guard case .invalidLayout(let tensor, let problem) = error as? QuantizationError else { return false }
+            return tensor == "model.layers.0.mlp.down_proj.weight" && problem.contains("bytes of codes")
+        }
     }
 }

@@ -37,6 +37,8 @@ struct CheckpointWriter {
     var shardGroups: [(file: String, tensors: [String])]? = nil
     /// A dtype to record in config.json (after a cast).
     var castDType: DType? = nil
+    /// zstd level for .nf4 sections; nil stores them uncompressed.
+    var compressionLevel: Int32? = nil
     let progress: ProgressBar
 
     /// Writes `names.count` tensors, asking `produce` for each in order; returns the files written.
@@ -55,8 +57,7 @@ struct CheckpointWriter {
     }
 
     private func writeNF4(_ path: String, names: [String], produce: @escaping (Int) throws -> OutputItem) throws -> [String] {
-        let level = compressionLevel
-        let writer = try NF4Writer(path: path, compressionLevel: level, metadata: metadata)
+        let writer = try NF4Writer(path: path, compressionLevel: compressionLevel, metadata: metadata)
         do {
             // While tensor i is written, tensor i + 1 is produced (quantized) on another thread.
             let pipeline = Prefetcher(count: names.count, produce: produce)
@@ -79,8 +80,6 @@ struct CheckpointWriter {
         }
         return [path]
     }
-
-    var compressionLevel: Int32? = nil
 
     /// Turns quantized tensors into bitsandbytes-layout tensors (which needs them all in hand:
     /// safetensors puts every tensor's size in its header).

@@ -130,13 +130,17 @@ public enum BlockwiseQuantizer {
                             let start = block * blocksize
                             let length = min(blocksize, n - start)
                             let scale: Float?
-                            if length == blocksize && dtype == .bf16 {
+                            if length < blocksize {
+                                // The last, partial block (at most one per tensor).
+                                FloatConversion.decodeToFloat32(input.raw, dtype, from: start, count: length, into: temp.baseAddress!)
+                                scale = kernel.quantizePartialBlock(temp.baseAddress!, count: length, into: codes + start / 2)
+                            } else if dtype == .bf16 {
                                 scale = kernel.quantizeFullBlock(bf16: input.raw + start * 2, count: length, into: codes + start / 2)
-                            } else if length == blocksize && dtype == .f32 {
+                            } else if dtype == .f32 {
                                 scale = kernel.quantizeFullBlock(f32: input.raw + start * 4, count: length, into: codes + start / 2)
                             } else {
                                 FloatConversion.decodeToFloat32(input.raw, dtype, from: start, count: length, into: temp.baseAddress!)
-                                scale = kernel.quantizeBlock(temp.baseAddress!, count: length, isFull: length == blocksize, into: codes + start / 2)
+                                scale = kernel.quantizeFullBlock(f32: UnsafeRawPointer(temp.baseAddress!), count: length, into: codes + start / 2)
                             }
                             guard let scale else {
                                 FloatConversion.decodeToFloat32(input.raw, dtype, from: start, count: length, into: temp.baseAddress!)
@@ -225,63 +229,29 @@ public enum BlockwiseQuantizer {
             UnsafeMutableRawPointer(out).storeBytes(of: bytes, as: SIMD4<UInt8>.self)
         }
 
-        /// Quantizes one block into `out` (which starts at the block's first byte); returns the
-        /// absmax to store, or nil when the block holds NaN or infinity.
-        @inline(__always)
-        func quantizeBlock(_ values: UnsafeMutablePointer<Float>, count: Int, isFull: Bool, into out: UnsafeMutablePointer<UInt8>) -> Float? {
+        /// The last, partial block: it is divided by its absmax instead of multiplied by the
+        /// reciprocal, stores the clamped absmax, and an odd count is padded with the code of 0.
+        /// Returns nil when the block holds NaN or infinity.
+        func quantizePartialBlock(_ values: UnsafeMutablePointer<Float>, count: Int, into out: UnsafeMutablePointer<UInt8>) -> Float? {
             // For non-negative floats the bit patterns order as the values do, so the largest
             // magnitude is the largest masked pattern, and anything from 0x7F800000 up is Inf/NaN.
-            var widest = SIMD8<UInt32>(repeating: 0)
-            var i = 0
-            let raw = UnsafeMutableRawPointer(values)
-            while i + 8 <= count {
-                widest = pointwiseMax(widest, raw.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<UInt32>.self) & 0x7FFF_FFFF)
-                i += 8
-            }
-            var widestBits = widest.max()
-            while i < count {
-                widestBits = max(widestBits, values[i].bitPattern & 0x7FFF_FFFF)
-                i += 1
-            }
+            let widestBits = (0..<count).reduce(UInt32(0)) { max($0, values[$1].bitPattern & 0x7FFF_FFFF) }
             guard widestBits < 0x7F80_0000 else { return nil }
-            let blockMax = Float(bitPattern: widestBits)
-            let stored: Float
-            if isFull {
-                stored = blockMax
-                let inverse = 1 / max(blockMax, smallestScale)
-                scaleAndPack(values, count: count, by: SIMD8(repeating: inverse), into: out)
-            } else {
-                // The last partial block divides instead (and stores the clamped absmax).
-                stored = max(blockMax, smallestScale)
-                for j in 0..<count { values[j] = values[j] / stored }
-                scaleAndPack(values, count: count, by: SIMD8(repeating: 1), into: out)
-            }
-            return stored
-        }
-
-        @inline(__always)
-        func scaleAndPack(_ values: UnsafeMutablePointer<Float>, count: Int, by factor: SIMD8<Float>, into out: UnsafeMutablePointer<UInt8>) {
-            let raw = UnsafeMutableRawPointer(values)
+            let stored = max(Float(bitPattern: widestBits), smallestScale)
             var i = 0
-            // The midpoints live in registers: loading them from an array each time costs more
-            // than the comparisons.
             while i + 8 <= count {
-                // No clamp to [-1, 1] here: every midpoint lies inside, so a value beyond ±1 lands
-                // in the same bucket as ±1 itself.
-                let v = raw.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self) * factor
-                var q = bucket(v)
-                if isFP4 { for lane in 0..<8 { q[lane] = Int32(order[Int(q[lane])]) } }
-                let bytes = SIMD4<UInt8>(truncatingIfNeeded: (q.evenHalf &<< 4) | q.oddHalf)
-                UnsafeMutableRawPointer(out + i / 2).storeBytes(of: bytes, as: SIMD4<UInt8>.self)
+                var v = SIMD8<Float>()
+                for lane in 0..<8 { v[lane] = values[i + lane] / stored }
+                store(bucket(v), into: out + i / 2)
                 i += 8
             }
-            // The tail of a partial block, with the zero padding of an odd count.
             while i < count {
-                let high = code(values[i] * factor[0])
-                let low = i + 1 < count ? code(values[i + 1] * factor[0]) : zeroCode
+                let high = code(values[i] / stored)
+                let low = i + 1 < count ? code(values[i + 1] / stored) : zeroCode
                 out[i / 2] = high << 4 | low
                 i += 2
             }
+            return stored
         }
 
         /// The number of midpoints below each lane: the code before FP4's reordering. A branchless
@@ -305,9 +275,7 @@ public enum BlockwiseQuantizer {
 
         @inline(__always)
         func code(_ scaled: Float) -> UInt8 {
-            let v = min(max(scaled, -1), 1)
-            let mids = [m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14]
-            return order[mids.reduce(0) { $0 + ($1[0] < v ? 1 : 0) }]
+            order[Int(bucket(SIMD8(repeating: scaled))[0])]
         }
     }
 }

@@ -64,7 +64,7 @@ public enum ShardedWriter {
     @discardableResult
     public static func write(
         shards: [[SafeTensorsWriter.Item]], metadata: [(key: String, value: String)]?,
-        into transaction: FolderOutputTransaction, progress: ((Int) -> Void)? = nil
+        into transaction: FolderOutputTransaction
     ) throws -> [String] {
         if shards.count <= 1 {
             let output = try transaction.file(named: SafeTensorsModel.singleFileName)
@@ -85,7 +85,6 @@ public enum ShardedWriter {
                 totalSize += item.payload.byteCount
                 totalParameters += item.payload.shape.elementCount
             }
-            progress?(index + 1)
         }
         let index = try transaction.file(named: SafeTensorsModel.indexName)
         try index.write(Array(indexText(weightMap: weightMap, totalSize: totalSize, totalParameters: totalParameters).utf8))

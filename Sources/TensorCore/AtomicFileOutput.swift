@@ -225,13 +225,6 @@ public enum FilePaths {
         return stat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR
     }
 
-    /// The absolute path with links resolved, or the path itself when it does not exist.
-    public static func canonical(_ path: String) -> String {
-        guard let resolved = realpath(path, nil) else { return path }
-        defer { free(resolved) }
-        return String(cString: resolved)
-    }
-
     public static func exists(_ path: String) -> Bool {
         var info = stat()
         return stat(path, &info) == 0

@@ -30,14 +30,15 @@ let package = Package(
             name: "COpenBLAS", pkgConfig: "openblas",
             providers: [.apt(["libopenblas-dev"])]),
 
-        .target(name: "TensorCore", swiftSettings: kernelSettings),
+        .target(name: "TensorCore", dependencies: ["COpenBLAS"], swiftSettings: kernelSettings),
         .target(name: "SafetensorsFormat", dependencies: ["TensorCore"]),
         .target(name: "Quantization", dependencies: ["TensorCore"], swiftSettings: kernelSettings),
         .target(name: "NF4Format", dependencies: ["TensorCore", "CZstd"]),
+        .target(name: "LoRAMerge", dependencies: ["TensorCore"], swiftSettings: kernelSettings),
         .target(
             name: "QToolCommands",
             dependencies: [
-                "TensorCore", "SafetensorsFormat", "Quantization", "NF4Format",
+                "TensorCore", "SafetensorsFormat", "Quantization", "NF4Format", "LoRAMerge",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .executableTarget(name: "qtool", dependencies: ["QToolCommands"]),
@@ -47,6 +48,7 @@ let package = Package(
         .testTarget(
             name: "QuantizationTests",
             dependencies: ["Quantization", "SafetensorsFormat", "TensorCore", "TestSupport"]),
+        .testTarget(name: "LoRAMergeTests", dependencies: ["LoRAMerge", "SafetensorsFormat", "TensorCore", "TestSupport"]),
         .testTarget(name: "NF4FormatTests", dependencies: ["NF4Format", "TensorCore", "TestSupport"]),
         .testTarget(name: "CLibrariesTests", dependencies: ["CZstd", "CHDF5", "COpenBLAS"]),
         .testTarget(

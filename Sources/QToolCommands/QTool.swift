@@ -24,11 +24,13 @@ public struct QTool: ParsableCommand {
                             qtool quantize fixtures/tiny-llama out/tiny.nf4
               dequantize  Restore a .nf4 file or bitsandbytes folder to floats.
                             qtool dequantize out/tiny.nf4 out/tiny-restored
+              merge       Fold LoRA adapters (PEFT, mlx-lm) into a base, as PEFT does.
+                            qtool merge fixtures/tiny-llama --adapter fixtures/lora/lora -o out/merged
 
             Input errors print 'error: <file>: <problem>' and exit with status 2.
             """,
         version: version,
-        subcommands: [InspectCommand.self, ConvertCommand.self, QuantizeCommand.self, DequantizeCommand.self]
+        subcommands: [InspectCommand.self, ConvertCommand.self, QuantizeCommand.self, DequantizeCommand.self, MergeCommand.self]
     )
 
     public init() {}

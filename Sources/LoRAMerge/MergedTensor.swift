@@ -1,0 +1,201 @@
+import TensorCore
+
+/// A base tensor with its merge applied, computed a block of rows at a time while it streams, so
+/// merging a tensor never holds more than one block of it in float32.
+///
+/// Per block: the rows are widened to float32, each term adds `scale·B·A` (cblas_sgemm, beta 1),
+/// a DoRA term then rescales each output unit by `m / ‖W₀ + scale·B·A‖`, and the result is
+/// rounded once to `dtype`. That is PEFT's merge (`W + scaling·B@A` in float32 on CPU) with a
+/// single rounding at the end.
+public struct MergedTensor: TensorPayload {
+    /// The tensor the merge starts from: the adapter's replacement if it has one, else the base.
+    public let start: Tensor
+    public let merge: TensorMerge
+    public let dtype: DType
+
+    public init(base: Tensor, merge: TensorMerge, dtype: DType) {
+        start = merge.replacement?.tensor ?? base
+        self.merge = merge
+        self.dtype = dtype
+    }
+
+    public var shape: Shape { start.shape }
+    public var byteCount: Int { start.elementCount * dtype.bitSize / 8 }
+
+    /// The whole merged tensor in memory.
+    public func materialize() throws -> Tensor {
+        let bytes = OwnedBytes(count: byteCount)
+        var offset = 0
+        try stream(chunkBytes: 8 << 20) { piece in
+            if piece.count > 0 {
+                (bytes.buffer.baseAddress! + offset).copyMemory(from: piece.baseAddress!, byteCount: piece.count)
+            }
+            offset += piece.count
+        }
+        return Tensor(dtype: dtype, shape: shape, storage: .owned(bytes))
+    }
+
+    public func stream(chunkBytes: Int, into sink: (UnsafeRawBufferPointer) throws -> Void) throws {
+        let total = start.elementCount
+        let rows = start.shape.rank == 2 ? start.shape.dimensions[0] : 1
+        let columns = rows == 0 ? 0 : total / rows
+        guard total > 0 else {
+            return try sink(UnsafeRawBufferPointer(start: nil, count: 0))
+        }
+        if merge.isBias {
+            var values = LoRAModule.floats(start)
+            for term in merge.terms {
+                let bias = LoRAModule.floats(term.module.biasB!)
+                for index in values.indices { values[index] += term.scale * bias[index] }
+            }
+            return try values.withUnsafeBufferPointer { try emit($0, sink: sink) }
+        }
+        let factors = merge.terms.map { $0.module.floatFactors() }
+        let doraScales = merge.terms.indices.map { index in
+            merge.terms[index].module.isDoRA ? doraFactor(index, factors: factors[index], rows: rows, columns: columns) : nil
+        }
+        let rowsPerBlock = Self.rowsPerBlock(rows: rows, columns: columns)
+        var block = [Float](repeating: 0, count: rowsPerBlock * columns)
+        var firstRow = 0
+        while firstRow < rows {
+            let count = min(rowsPerBlock, rows - firstRow)
+            try block.withUnsafeMutableBufferPointer { buffer in
+                let values = buffer.baseAddress!
+                widen(rows: firstRow..<(firstRow + count), columns: columns, into: values)
+                for (index, term) in merge.terms.enumerated() {
+                    addDelta(term, factors: factors[index], rows: firstRow..<(firstRow + count), columns: columns, into: values)
+                    if let scales = doraScales[index] {
+                        rescale(values, rows: firstRow..<(firstRow + count), columns: columns, by: scales, orientation: term.module.orientation)
+                    }
+                }
+                try emit(UnsafeBufferPointer(rebasing: buffer[0..<(count * columns)]), sink: sink)
+            }
+            firstRow += count
+        }
+    }
+
+    /// Rows per block: about 4 MB of float32, fixed by the tensor's shape alone. OpenBLAS may
+    /// take another path for another block height (a single row goes to gemv), so the blocks
+    /// never follow the caller's chunk size: the same tensor always merges to the same bits.
+    static func rowsPerBlock(rows: Int, columns: Int) -> Int {
+        max(1, min(rows, (4 << 20) / max(1, columns * 4)))
+    }
+
+    /// Rows `rows` of the starting tensor, as float32, into `values`; their pages are released.
+    private func widen(rows: Range<Int>, columns: Int, into values: UnsafeMutablePointer<Float>) {
+        let width = start.dtype.bitSize / 8
+        let first = rows.lowerBound * columns
+        let count = rows.count * columns
+        start.withBytes { raw in
+            let source = SendableRawPointer(raw.baseAddress!)
+            let destination = SendableMutablePointer(values)
+            let type = start.dtype
+            parallelForChunks(count: count, chunk: 1 << 16) { range in
+                FloatConversion.decodeToFloat32(
+                    source.raw + (first + range.lowerBound) * width, type, from: 0, count: range.count,
+                    into: destination.pointer + range.lowerBound)
+            }
+        }
+        if case .mapped(let file, let range) = start.storage {
+            file.releasePages((range.lowerBound + first * width)..<(range.lowerBound + (first + count) * width))
+        }
+    }
+
+    /// `values[rows] += scale · Δ[rows]`, Δ = `B·A` laid out as the base tensor is.
+    private func addDelta(_ term: MergeTerm, factors: (a: [Float], b: [Float]), rows: Range<Int>, columns: Int, into values: UnsafeMutablePointer<Float>) {
+        let module = term.module
+        let r = module.rank
+        factors.a.withUnsafeBufferPointer { a in
+            factors.b.withUnsafeBufferPointer { b in
+                let a = a.baseAddress!, b = b.baseAddress!
+                switch (module.orientation, module.factorsTransposed) {
+                case (.outputsByInputs, false):
+                    // Δ[o, i] = Σ_k B[o, k] A[k, i]: rows of B times A [r, in].
+                    MatrixMultiply.gemm(
+                        m: rows.count, n: columns, k: r, alpha: term.scale, a: b + rows.lowerBound * r, lda: r, transposeA: false,
+                        b: a, ldb: module.inFeatures, transposeB: false, beta: 1, c: values, ldc: columns)
+                case (.outputsByInputs, true):
+                    // mlx-lm: lora_b [r, out] = Bᵀ, lora_a [in, r] = Aᵀ.
+                    MatrixMultiply.gemm(
+                        m: rows.count, n: columns, k: r, alpha: term.scale, a: b + rows.lowerBound, lda: module.outFeatures, transposeA: true,
+                        b: a, ldb: r, transposeB: true, beta: 1, c: values, ldc: columns)
+                case (.inputsByOutputs, false):
+                    // Δᵀ[i, o] = Σ_k A[k, i] B[o, k].
+                    MatrixMultiply.gemm(
+                        m: rows.count, n: columns, k: r, alpha: term.scale, a: a + rows.lowerBound, lda: module.inFeatures, transposeA: true,
+                        b: b, ldb: r, transposeB: true, beta: 1, c: values, ldc: columns)
+                case (.inputsByOutputs, true):
+                    MatrixMultiply.gemm(
+                        m: rows.count, n: columns, k: r, alpha: term.scale, a: a + rows.lowerBound * r, lda: r, transposeA: false,
+                        b: b, ldb: module.outFeatures, transposeB: false, beta: 1, c: values, ldc: columns)
+                }
+            }
+        }
+    }
+
+    /// DoRA's `m / ‖W₀ + scale·Δ‖` per output unit (rows of `[out, in]`, columns of `[in, out]`),
+    /// W₀ being the weight before any adapter, as PEFT takes the norm of the unmerged weight.
+    private func doraFactor(_ index: Int, factors: (a: [Float], b: [Float]), rows: Int, columns: Int) -> [Float] {
+        let term = merge.terms[index]
+        let orientation = term.module.orientation
+        var squares = [Double](repeating: 0, count: orientation == .outputsByInputs ? rows : columns)
+        let rowsPerBlock = Self.rowsPerBlock(rows: rows, columns: columns)
+        var block = [Float](repeating: 0, count: rowsPerBlock * columns)
+        var firstRow = 0
+        while firstRow < rows {
+            let count = min(rowsPerBlock, rows - firstRow)
+            block.withUnsafeMutableBufferPointer { buffer in
+                let values = buffer.baseAddress!
+                widen(rows: firstRow..<(firstRow + count), columns: columns, into: values)
+                addDelta(term, factors: factors, rows: firstRow..<(firstRow + count), columns: columns, into: values)
+                for row in 0..<count {
+                    for column in 0..<columns {
+                        let value = Double(values[row * columns + column])
+                        squares[orientation == .outputsByInputs ? firstRow + row : column] += value * value
+                    }
+                }
+            }
+            firstRow += count
+        }
+        let magnitude = LoRAModule.floats(term.module.magnitude!)
+        return zip(magnitude, squares).map { m, sum in m / Float(sum.squareRoot()) }
+    }
+
+    private func rescale(
+        _ values: UnsafeMutablePointer<Float>, rows: Range<Int>, columns: Int, by scales: [Float], orientation: LoRAModule.Orientation
+    ) {
+        for row in 0..<rows.count {
+            for column in 0..<columns {
+                values[row * columns + column] *= orientation == .outputsByInputs ? scales[rows.lowerBound + row] : scales[column]
+            }
+        }
+    }
+
+    /// Rounds float32 values once to `dtype` and hands them on.
+    private func emit(_ values: UnsafeBufferPointer<Float>, sink: (UnsafeRawBufferPointer) throws -> Void) throws {
+        let width = dtype.bitSize / 8
+        if dtype == .f32 {
+            return try sink(UnsafeRawBufferPointer(values))
+        }
+        let output = OwnedBytes(count: values.count * width)
+        let source = SendablePointer(values.baseAddress!)
+        let destination = SendableMutableRawPointer(output.buffer.baseAddress!)
+        let type = dtype
+        parallelForChunks(count: values.count, chunk: 1 << 16) { range in
+            FloatConversion.encodeFromFloat32(
+                source.pointer + range.lowerBound, count: range.count, into: destination.raw, type, at: range.lowerBound)
+        }
+        try sink(UnsafeRawBufferPointer(start: output.buffer.baseAddress, count: values.count * width))
+    }
+}
+
+/// Typed pointers that may cross into `parallelForChunks`; each chunk touches its own elements.
+struct SendablePointer: @unchecked Sendable {
+    let pointer: UnsafePointer<Float>
+    init(_ pointer: UnsafePointer<Float>) { self.pointer = pointer }
+}
+
+struct SendableMutablePointer: @unchecked Sendable {
+    let pointer: UnsafeMutablePointer<Float>
+    init(_ pointer: UnsafeMutablePointer<Float>) { self.pointer = pointer }
+}

@@ -1,0 +1,280 @@
+import ArgumentParser
+import Foundation
+import LoRAMerge
+import Quantization
+import SafetensorsFormat
+import TensorCore
+
+struct MergeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "merge",
+        abstract: "Fold LoRA adapters (PEFT or mlx-lm) into a base checkpoint, as PEFT's merge_and_unload.",
+        discussion: """
+            Each changed weight becomes W + Σ wᵢ·sᵢ·BᵢAᵢ, computed in float32 and rounded once to
+            the output type (s = lora_alpha/r, lora_alpha/√r with rsLoRA, rank_pattern and
+            alpha_pattern applied; DoRA rescales each output row by m/‖W + s·BA‖). Tensors an
+            adapter stores whole (modules_to_save) replace the base's. A 4-bit base (.nf4 or
+            bitsandbytes folder) is dequantized, merged and quantized again with its own settings.
+            The output keeps the base's format and sharding unless --format or --dtype says
+            otherwise.
+
+            Examples:
+              qtool merge fixtures/tiny-llama --adapter fixtures/lora/lora --output out/merged
+              qtool merge base --adapter a --adapter b=0.5 --output merged --dtype bf16
+              qtool merge tiny.nf4 --adapter fixtures/lora/lora --output merged.nf4
+              qtool merge fixtures/tiny-llama --adapter fixtures/lora/dora --dry-run
+            """)
+
+    @Argument(help: "The base: a safetensors file or model folder, a .nf4 file or a bitsandbytes folder.")
+    var base: String
+
+    @Option(
+        name: .customLong("adapter"),
+        help: ArgumentHelp("A PEFT or mlx-lm adapter folder, with an optional weight (repeatable).", valueName: "DIR[=WEIGHT]"))
+    var adapters: [String] = []
+
+    @Option(name: [.customShort("o"), .long], help: "Where to write: a folder, a .safetensors file or a .nf4 file.")
+    var output: String?
+
+    @OptionGroup var floats: FloatOutputOptions
+
+    @Option(help: "safetensors, nf4 or bnb (default: the base's format).")
+    var format: String?
+
+    @Flag(help: "List the tensors that would change and the scale applied; write nothing.")
+    var dryRun = false
+
+    @Option(help: "Threads for the kernels (default: all cores).")
+    var threads: Int?
+
+    @OptionGroup var report: ReportOptions
+
+    func validate() throws {
+        guard !adapters.isEmpty else { throw ValidationError("give at least one --adapter") }
+        guard dryRun || output != nil else { throw ValidationError("--output is required (or use --dry-run)") }
+        if let format {
+            guard ["safetensors", "nf4", "bnb"].contains(format) else { throw ValidationError("--format must be safetensors, nf4 or bnb") }
+            if format != "safetensors" && floats.dtype != nil {
+                throw ValidationError("--dtype applies to float output, not --format \(format)")
+            }
+        }
+        try floats.validate()
+        if let output { try floats.validate(output: output) }
+        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
+    }
+
+    enum OutputFormat: String {
+        case safetensors, nf4, bnb
+    }
+
+    func run() throws {
+        if let threads { ParallelismSettings.threadCount = threads }
+        let started = Date()
+        let specs = try adapters.map(AdapterFolder.parseSpec)
+        let loaded = try specs.map { (adapter: try AdapterFolder.load($0.path), weight: $0.weight) }
+        let checkpoint = try Checkpoint.open(base)
+        let plan = try MergePlan(adapters: loaded, base: checkpoint.entries.map { ($0.name, $0.dtype, $0.shape) })
+        if dryRun { return printPlan(plan, checkpoint: checkpoint, adapters: loaded) }
+
+        let output = output!
+        let format = format.flatMap(OutputFormat.init(rawValue:)) ?? defaultFormat(checkpoint)
+        let target: OutputTarget
+        switch format {
+        case .nf4: target = .nf4(output)
+        case .bnb: target = output.hasSuffix(".safetensors") ? .safetensorsFile(output) : .folder(output)
+        case .safetensors:
+            guard !output.hasSuffix(".nf4") else { throw ValidationError("OUTPUT ends in .nf4 but the output format is safetensors; add --format nf4") }
+            target = OutputTarget(output)
+        }
+        let castTo = floats.targetDType
+        let total = checkpoint.entries.reduce(0) { $0 + $1.storedBytes }
+        let progress = ProgressBar(label: "merge", total: total, quiet: report.quiet)
+        var writer = CheckpointWriter(target: target, metadata: checkpoint.metadata, companions: checkpoint.companions, progress: progress)
+        writer.maxShardSize = floats.shardLimit
+        writer.shardGroups = checkpoint.shardGroups
+        writer.castDType = format == .safetensors ? castTo : nil
+        let selection = TensorSelection()
+        var changed = 0
+        let written = try writer.write(names: checkpoint.entries.map(\.name)) { index in
+            let entry = checkpoint.entries[index]
+            let change = plan.changes[entry.name]
+            if change != nil { changed += 1 }
+            switch try entry.load() {
+            case .quantized(let q):
+                guard let change else {
+                    if format == .safetensors { return .plain(q.dequantizedPayload(to: castTo ?? Self.floatType(q.originalDType))) }
+                    progress.advance(by: q.storedBytes)
+                    return .quantized(q)
+                }
+                // As PEFT on a bitsandbytes layer: dequantize to the weight's dtype, add the delta
+                // in float32, quantize the float32 result with the same settings.
+                let restored = q.dequantized(to: Self.floatType(q.originalDType))
+                if format == .safetensors {
+                    return .plain(MergedTensor(base: restored, merge: change, dtype: castTo ?? Self.floatType(q.originalDType)))
+                }
+                let merged = try MergedTensor(base: restored, merge: change, dtype: .f32).materialize()
+                progress.advance(by: q.storedBytes)
+                return .quantized(try quantize(merged, entry.name, type: q.quantType, blocksize: q.blocksize, double: q.isDoubleQuantized))
+            case .plain(let tensor):
+                let dtype = tensor.dtype.isFloatingPoint ? (castTo ?? tensor.dtype) : tensor.dtype
+                let payload: any TensorPayload
+                if let change {
+                    payload = MergedTensor(base: tensor, merge: change, dtype: dtype)
+                } else if dtype != tensor.dtype, let cast = CastTensor(tensor, to: dtype) {
+                    payload = cast
+                } else {
+                    payload = tensor
+                }
+                guard format != .safetensors, selection.shouldQuantize(name: entry.name, dtype: tensor.dtype, shape: tensor.shape) else {
+                    return .plain(payload)
+                }
+                let source = try (payload as? MergedTensor)?.materialize() ?? tensor
+                progress.advance(by: tensor.byteCount)
+                return .quantized(try quantize(source, entry.name, type: .nf4, blocksize: 64, double: true))
+            }
+        }
+        progress.finish()
+        let seconds = Date().timeIntervalSince(started)
+        if report.json {
+            print(JSONValue.object([
+                JSONMember(key: "base", value: .string(base)),
+                JSONMember(key: "adapters", value: .array(loaded.map { adapterJSON($0.adapter, weight: $0.weight) })),
+                JSONMember(key: "output", value: .string(output)),
+                JSONMember(key: "format", value: .string(format.rawValue)),
+                JSONMember(key: "files", value: .array(written.map(JSONValue.string))),
+                JSONMember(key: "tensors", value: .integer(checkpoint.entries.count)),
+                JSONMember(key: "changed_tensors", value: .integer(changed)),
+                JSONMember(key: "seconds", value: .double(seconds)),
+            ]).serialized())
+        } else if !report.quiet {
+            StandardError.write(String(
+                format: "wrote %@: %d adapter%@ merged into %d of %d tensors (%@) in %.2f s\n", output, loaded.count,
+                loaded.count == 1 ? "" : "s", changed, checkpoint.entries.count, format.rawValue, seconds))
+        }
+    }
+
+    private func defaultFormat(_ checkpoint: Checkpoint) -> OutputFormat {
+        guard checkpoint.isQuantized, floats.dtype == nil else { return .safetensors }
+        return checkpoint.format == "nf4" ? .nf4 : .bnb
+    }
+
+    private static func floatType(_ dtype: DType) -> DType { dtype == .f64 ? .f32 : dtype }
+
+    private func quantize(_ tensor: Tensor, _ name: String, type: QuantType, blocksize: Int, double: Bool) throws -> QuantizedTensor {
+        do {
+            return try QuantizedTensor.quantize(tensor, type: type, blocksize: blocksize, doubleQuantization: double)
+        } catch {
+            throw CommandError(path: base, "tensor '\(name)' after the merge: \(error)")
+        }
+    }
+
+    private func adapterJSON(_ adapter: LoRAAdapter, weight: Float) -> JSONValue {
+        .object([
+            JSONMember(key: "path", value: .string(adapter.path)),
+            JSONMember(key: "layout", value: .string(adapter.layout.rawValue)),
+            JSONMember(key: "weight", value: .double(Double(weight))),
+            JSONMember(key: "modules", value: .integer(adapter.modules.count)),
+            JSONMember(key: "replaced_tensors", value: .integer(adapter.replacements.count)),
+        ])
+    }
+
+    /// `--dry-run`: each tensor that would change, in the base's order, and how.
+    private func printPlan(_ plan: MergePlan, checkpoint: Checkpoint, adapters: [(adapter: LoRAAdapter, weight: Float)]) {
+        var rows: [(name: String, changes: [(adapter: Int, kind: String, rank: Int?, scale: Float?)])] = []
+        for entry in checkpoint.entries {
+            guard let merge = plan.changes[entry.name] else { continue }
+            var changes: [(Int, String, Int?, Float?)] = []
+            if let replacement = merge.replacement { changes.append((replacement.adapterIndex, "replace", nil, nil)) }
+            for term in merge.terms {
+                let kind = merge.isBias ? "lora bias" : term.module.isDoRA ? "dora" : term.module.isEmbedding ? "lora embedding" : "lora"
+                changes.append((term.adapterIndex, kind, term.module.rank, term.scale))
+            }
+            rows.append((entry.name, changes))
+        }
+        if report.json {
+            print(JSONValue.object([
+                JSONMember(key: "base", value: .string(base)),
+                JSONMember(key: "adapters", value: .array(adapters.map { adapterJSON($0.adapter, weight: $0.weight) })),
+                JSONMember(key: "changes", value: .array(rows.map { row in
+                    .object([
+                        JSONMember(key: "tensor", value: .string(row.name)),
+                        JSONMember(key: "changes", value: .array(row.changes.map { change in
+                            .object([
+                                JSONMember(key: "adapter", value: .integer(change.adapter)),
+                                JSONMember(key: "kind", value: .string(change.kind)),
+                            ] + (change.rank.map { [JSONMember(key: "rank", value: .integer($0))] } ?? [])
+                                + (change.scale.map { [JSONMember(key: "scale", value: .double(Double($0)))] } ?? []))
+                        })),
+                    ])
+                })),
+            ]).serialized())
+            return
+        }
+        for (index, item) in adapters.enumerated() {
+            print("adapter \(index): \(item.adapter.path) (\(item.adapter.layout.rawValue), weight \(Self.format(item.weight)))")
+        }
+        let width = rows.map(\.name.count).max() ?? 0
+        for row in rows {
+            let text = row.changes.map { change in
+                var words = "\(change.kind)"
+                if let rank = change.rank { words += " r=\(rank)" }
+                if let scale = change.scale { words += " scale \(Self.format(scale))" }
+                return words + (adapters.count > 1 ? " (adapter \(change.adapter))" : "")
+            }.joined(separator: ", ")
+            print(row.name.padding(toLength: width, withPad: " ", startingAt: 0) + "  " + text)
+        }
+        print("\(rows.count) of \(checkpoint.entries.count) tensors would change")
+    }
+
+    static func format(_ value: Float) -> String {
+        let text = String(format: "%.6g", Double(value))
+        return text
+    }
+}
+
+/// Opening adapter folders from the command line: `DIR[=WEIGHT]`, PEFT's files or mlx-lm's.
+enum AdapterFolder {
+    static let peftWeights = "adapter_model.safetensors"
+    static let mlxWeights = "adapters.safetensors"
+    static let configName = "adapter_config.json"
+
+    /// Splits `DIR=WEIGHT` at its last `=` (a path that exists as given keeps its `=`).
+    static func parseSpec(_ spec: String) throws -> (path: String, weight: Float) {
+        guard let equals = spec.lastIndex(of: "="), !FilePaths.exists(spec) else { return (spec, 1) }
+        let path = String(spec[..<equals])
+        let text = String(spec[spec.index(after: equals)...])
+        guard let weight = Double(text), weight.isFinite else { throw LoRAError.invalidWeight(path: path, text: text) }
+        return (path, Float(weight))
+    }
+
+    static func load(_ path: String) throws -> LoRAAdapter {
+        guard FilePaths.exists(path) else { throw LoRAError.missingFile(path: path, problem: "no such adapter folder") }
+        let folder = FilePaths.isDirectory(path) ? path : FilePaths.directory(of: path)
+        let weights: String
+        if !FilePaths.isDirectory(path) {
+            weights = path
+        } else if FilePaths.exists(folder + "/" + peftWeights) {
+            weights = folder + "/" + peftWeights
+        } else if FilePaths.exists(folder + "/" + mlxWeights) {
+            weights = folder + "/" + mlxWeights
+        } else if FilePaths.exists(folder + "/adapter_model.bin") {
+            throw LoRAError.pickled(path: folder)
+        } else {
+            throw LoRAError.missingFile(path: folder, problem: "no \(peftWeights) (PEFT) or \(mlxWeights) (mlx-lm)")
+        }
+        let configPath = folder + "/" + configName
+        guard FilePaths.exists(configPath) else { throw LoRAError.missingFile(path: folder, problem: "no \(configName)") }
+        let configFile = try MappedFile(path: configPath)
+        let config: JSONValue
+        do {
+            config = try configFile.withBytes(in: 0..<configFile.count) { try JSONParser.parse($0) }
+        } catch {
+            throw LoRAError.invalidConfig(path: folder, problem: "not valid JSON: \(error)")
+        }
+        let tensors = try SafeTensorsFile(path: weights).tensors()
+        let layout =
+            LoRAAdapter.layout(of: tensors)
+            ?? (config["peft_type"] != nil ? .peft : config["lora_parameters"] != nil || weights.hasSuffix(mlxWeights) ? .mlx : .peft)
+        return try LoRAAdapter(path: folder, config: config, tensors: tensors, layout: layout)
+    }
+}

@@ -7,7 +7,7 @@ DEMO       := .demo
 APT_DEPS   := libhdf5-dev libzstd-dev libopenblas-dev pkg-config
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: all setup build test demo bench fixtures venv manifest clean
+.PHONY: all setup build test demo bench interop fixtures venv manifest clean
 
 all: build
 
@@ -53,9 +53,18 @@ demo: build
 	@echo "== qtool dequantize $(DEMO)/tiny-llama.nf4 $(DEMO)/tiny-llama-restored"
 	@$(QTOOL) dequantize $(DEMO)/tiny-llama.nf4 $(DEMO)/tiny-llama-restored
 	@echo
+	@echo "== qtool merge fixtures/tiny-llama --adapter fixtures/lora/lora --dry-run (first lines)"
+	@$(QTOOL) merge fixtures/tiny-llama --adapter fixtures/lora/lora --dry-run | head -4
+	@echo "== qtool merge fixtures/tiny-llama --adapter fixtures/lora/lora -o $(DEMO)/tiny-llama-merged"
+	@$(QTOOL) merge fixtures/tiny-llama --adapter fixtures/lora/lora -o $(DEMO)/tiny-llama-merged
+	@echo "== qtool merge $(DEMO)/tiny-llama.nf4 --adapter fixtures/lora/lora -o $(DEMO)/tiny-llama-merged.nf4"
+	@$(QTOOL) merge $(DEMO)/tiny-llama.nf4 --adapter fixtures/lora/lora -o $(DEMO)/tiny-llama-merged.nf4
+	@echo "== qtool merge $(DEMO)/tiny-llama-bnb --adapter fixtures/lora/lora -o $(DEMO)/tiny-llama-bnb-merged"
+	@$(QTOOL) merge $(DEMO)/tiny-llama-bnb --adapter fixtures/lora/lora -o $(DEMO)/tiny-llama-bnb-merged
+	@echo
 	@echo "sizes:"
 	@du -b fixtures/tiny-llama/model.safetensors $(DEMO)/tiny-llama.nf4 $(DEMO)/tiny-llama-bnb/model.safetensors \
-	  $(DEMO)/tiny-llama-restored/model.safetensors | awk '{printf "  %10d  %s\n", $$1, $$2}'
+	  $(DEMO)/tiny-llama-restored/model.safetensors $(DEMO)/tiny-llama-merged/model.safetensors $(DEMO)/tiny-llama-merged.nf4 | awk '{printf "  %10d  %s\n", $$1, $$2}'
 
 ## venv: the Python reference libraries, for fixtures and benchmarks only
 venv: $(PYTHON)
@@ -67,6 +76,10 @@ $(PYTHON): fixtures/generate/requirements.txt
 ## bench: whole-process qtool against the Python peers, same inputs, same run
 bench: build venv
 	$(PYTHON) Benchmarks/bench.py
+
+## interop: load qtool's outputs with transformers/PEFT and compare logits (needs the venv)
+interop: build venv
+	HF_HUB_OFFLINE=1 $(PYTHON) Tests/Interop/merge_interop.py
 
 ## fixtures: regenerate every golden with the reference libraries (records their versions)
 fixtures: venv

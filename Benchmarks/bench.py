@@ -96,6 +96,57 @@ def quantize_cases(args, work, env):
     return rows, src.stat().st_size
 
 
+def make_merge_inputs(work):
+    """A sharded bf16 Llama of about 1.1 GB (transformers save_pretrained, 500 MB shards) and an
+    r=16 PEFT adapter on all its linear layers, with random (non-zero) B factors."""
+    base, adapter = work / "merge-base-bf16", work / "merge-adapter-r16"
+    if (adapter / "adapter_model.safetensors").exists():
+        return base, adapter
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=32000, hidden_size=1536, intermediate_size=4096, num_hidden_layers=18,
+                         num_attention_heads=12, num_key_value_heads=4, tie_word_embeddings=False)
+    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(base, max_shard_size="500MB")
+    peft_model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                param.copy_(0.02 * torch.randn(param.shape))
+    peft_model.save_pretrained(adapter)
+    return base, adapter
+
+
+def merge_case(args, work, env):
+    """qtool merge against transformers + PEFT load, merge_and_unload, save_pretrained (both whole
+    processes, same files)."""
+    base, adapter = make_merge_inputs(work)
+    shards = sorted(base.glob("*.safetensors"))
+    size = sum(f.stat().st_size for f in shards)
+    largest = max(f.stat().st_size for f in shards)
+    # qtool's sgemm may use every core, as torch does.
+    env = {k: v for k, v in env.items() if k != "OPENBLAS_NUM_THREADS"}
+    best = {"qtool": None, "peer": None}
+    for _ in range(args.repeat):
+        for who, cmd in (("qtool", [args.qtool, "merge", str(base), "--adapter", str(adapter), "-o", str(work / "qm"), "--quiet"]),
+                         ("peer", [PY, str(ROOT / "Benchmarks/peer_merge.py"), str(base), str(adapter), str(work / "pm"), "500MB"])):
+            for f in ("qm", "pm"):
+                shutil.rmtree(work / f, ignore_errors=True)
+            wall, rss, out = run(cmd, env)
+            inproc = json.loads(out)["seconds"] if who == "peer" else wall
+            if best[who] is None or wall < best[who]["wall"]:
+                best[who] = {"wall": wall, "rss": rss, "inproc": inproc}
+    for f in ("qm", "pm"):
+        shutil.rmtree(work / f, ignore_errors=True)
+    q, p = best["qtool"], best["peer"]
+    return {"case": "merge r=16 all-linear", "input_bytes": size, "largest_shard": largest,
+            "qtool_seconds": q["wall"], "qtool_peak_rss": q["rss"], "peer_seconds": p["wall"],
+            "peer_inprocess_seconds": p["inproc"], "peer_peak_rss": p["rss"],
+            "speedup_vs_peer_process": p["wall"] / q["wall"], "speedup_vs_peer_inprocess": p["inproc"] / q["wall"]}
+
+
 def fmt_bytes(n):
     return f"{n / 1e6:,.0f} MB"
 
@@ -170,8 +221,19 @@ def main():
     for r in qrows:
         print(f"{r['case']:26} {r['qtool_seconds']:8.3f} {r['qtool_mparams_per_s']:9.0f} {fmt_bytes(r['qtool_peak_rss']):>9} | "
               f"{r['peer_seconds']:7.3f} {r['peer_mparams_per_s']:9.0f} | {r['speedup']:6.1f}")
+    m = merge_case(args, work, env)
+    print()
+    print(f"merge: {fmt_bytes(m['input_bytes'])} bf16 Llama in {fmt_bytes(m['largest_shard'])} shards, r=16 PEFT adapter "
+          f"on every linear layer; peer: transformers + PEFT load, merge_and_unload, save_pretrained")
+    header = f"{'case':22} {'qtool s':>8} {'peak RSS':>9} | {'peer s':>7} {'in-proc s':>9} {'peak RSS':>9} | {'× process':>9} {'× in-proc':>9}"
+    print(header)
+    print("-" * len(header))
+    print(f"{m['case']:22} {m['qtool_seconds']:8.3f} {fmt_bytes(m['qtool_peak_rss']):>9} | {m['peer_seconds']:7.3f} "
+          f"{m['peer_inprocess_seconds']:9.3f} {fmt_bytes(m['peer_peak_rss']):>9} | {m['speedup_vs_peer_process']:9.1f} "
+          f"{m['speedup_vs_peer_inprocess']:9.1f}")
+    print(f"RSS bound for merge (largest shard + 256 MB): {fmt_bytes(m['largest_shard'] + 256e6)}")
     if args.json:
-        print(json.dumps(results + qrows, indent=2))
+        print(json.dumps(results + qrows + [m], indent=2))
 
 
 if __name__ == "__main__":

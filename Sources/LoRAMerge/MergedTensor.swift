@@ -55,21 +55,35 @@ public struct MergedTensor: TensorPayload {
             merge.terms[index].module.isDoRA ? doraFactor(index, factors: factors[index], rows: rows, columns: columns) : nil
         }
         let rowsPerBlock = Self.rowsPerBlock(rows: rows, columns: columns)
-        var block = [Float](repeating: 0, count: rowsPerBlock * columns)
+        let rowsPerTask = max(1, (1 << 16) / max(1, columns))
+        let width = dtype.bitSize / 8
+        let block = OwnedBytes(count: rowsPerBlock * columns * 4)
+        let output = dtype == .f32 ? block : OwnedBytes(count: rowsPerBlock * columns * width)
+        let values = SendableMutablePointer(block.buffer.baseAddress!.assumingMemoryBound(to: Float.self))
+        let destination = SendableMutableRawPointer(output.buffer.baseAddress!)
         var firstRow = 0
         while firstRow < rows {
             let count = min(rowsPerBlock, rows - firstRow)
-            try block.withUnsafeMutableBufferPointer { buffer in
-                let values = buffer.baseAddress!
-                widen(rows: firstRow..<(firstRow + count), columns: columns, into: values)
+            let blockStart = firstRow
+            // Tasks of a fixed number of rows (set by the shape, not the thread count), each
+            // widened, merged and rounded on its own: the result never depends on the threads.
+            parallelForChunks(count: count, chunk: rowsPerTask) { [self] range in
+                let taskRows = (blockStart + range.lowerBound)..<(blockStart + range.upperBound)
+                let taskValues = values.pointer + range.lowerBound * columns
+                widen(rows: taskRows, columns: columns, into: taskValues)
                 for (index, term) in merge.terms.enumerated() {
-                    addDelta(term, factors: factors[index], rows: firstRow..<(firstRow + count), columns: columns, into: values)
+                    addDelta(term, factors: factors[index], rows: taskRows, columns: columns, into: taskValues)
                     if let scales = doraScales[index] {
-                        rescale(values, rows: firstRow..<(firstRow + count), columns: columns, by: scales, orientation: term.module.orientation)
+                        rescale(taskValues, rows: taskRows, columns: columns, by: scales, orientation: term.module.orientation)
                     }
                 }
-                try emit(UnsafeBufferPointer(rebasing: buffer[0..<(count * columns)]), sink: sink)
+                if dtype != .f32 {
+                    FloatConversion.encodeFromFloat32(
+                        taskValues, count: range.count * columns, into: destination.raw, dtype, at: range.lowerBound * columns)
+                }
             }
+            releasePages(rows: firstRow..<(firstRow + count), columns: columns)
+            try sink(UnsafeRawBufferPointer(start: output.buffer.baseAddress, count: count * columns * width))
             firstRow += count
         }
     }
@@ -81,24 +95,20 @@ public struct MergedTensor: TensorPayload {
         max(1, min(rows, (4 << 20) / max(1, columns * 4)))
     }
 
-    /// Rows `rows` of the starting tensor, as float32, into `values`; their pages are released.
+    /// Rows `rows` of the starting tensor, as float32, into `values`.
     private func widen(rows: Range<Int>, columns: Int, into values: UnsafeMutablePointer<Float>) {
         let width = start.dtype.bitSize / 8
-        let first = rows.lowerBound * columns
-        let count = rows.count * columns
         start.withBytes { raw in
-            let source = SendableRawPointer(raw.baseAddress!)
-            let destination = SendableMutablePointer(values)
-            let type = start.dtype
-            parallelForChunks(count: count, chunk: 1 << 16) { range in
-                FloatConversion.decodeToFloat32(
-                    source.raw + (first + range.lowerBound) * width, type, from: 0, count: range.count,
-                    into: destination.pointer + range.lowerBound)
-            }
+            FloatConversion.decodeToFloat32(
+                raw.baseAddress! + rows.lowerBound * columns * width, start.dtype, from: 0, count: rows.count * columns, into: values)
         }
-        if case .mapped(let file, let range) = start.storage {
-            file.releasePages((range.lowerBound + first * width)..<(range.lowerBound + (first + count) * width))
-        }
+    }
+
+    /// Gives back the resident pages of rows already merged (a mapped base streams through).
+    private func releasePages(rows: Range<Int>, columns: Int) {
+        guard case .mapped(let file, let range) = start.storage else { return }
+        let width = start.dtype.bitSize / 8
+        file.releasePages((range.lowerBound + rows.lowerBound * columns * width)..<(range.lowerBound + rows.upperBound * columns * width))
     }
 
     /// `values[rows] += scale · Δ[rows]`, Δ = `B·A` laid out as the base tensor is.

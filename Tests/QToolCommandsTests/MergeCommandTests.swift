@@ -110,6 +110,19 @@ struct MergeCommandTests {
         }
     }
 
+    /// The merge splits its work by rows in a way fixed by the shapes: any thread count, same bytes.
+    @Test func threadCountDoesNotChangeTheOutput() throws {
+        let folder = Fixtures.temporaryFolder()
+        for threads in ["1", "3"] {
+            let result = try QToolBinary.run([
+                "merge", model, "--adapter", Fixtures.path("lora/dora"), "--adapter", lora + "=0.3", "-o", folder + "/t\(threads)",
+                "--threads", threads, "--quiet",
+            ])
+            #expect(result.status == 0, "\(result.stderr)")
+        }
+        #expect(Fixtures.bytes(folder + "/t1/model.safetensors") == Fixtures.bytes(folder + "/t3/model.safetensors"))
+    }
+
     @Test func dryRunListsChangesAndWritesNothing() throws {
         let folder = Fixtures.temporaryFolder()
         let result = try QToolBinary.run([

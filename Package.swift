@@ -34,11 +34,12 @@ let package = Package(
         .target(name: "SafetensorsFormat", dependencies: ["TensorCore"]),
         .target(name: "Quantization", dependencies: ["TensorCore"], swiftSettings: kernelSettings),
         .target(name: "NF4Format", dependencies: ["TensorCore", "CZstd"]),
+        .target(name: "HDF5Format", dependencies: ["TensorCore", "CHDF5"]),
         .target(name: "LoRAMerge", dependencies: ["TensorCore"], swiftSettings: kernelSettings),
         .target(
             name: "QToolCommands",
             dependencies: [
-                "TensorCore", "SafetensorsFormat", "Quantization", "NF4Format", "LoRAMerge",
+                "TensorCore", "SafetensorsFormat", "Quantization", "NF4Format", "LoRAMerge", "HDF5Format",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .executableTarget(name: "qtool", dependencies: ["QToolCommands"]),
@@ -49,6 +50,7 @@ let package = Package(
             name: "QuantizationTests",
             dependencies: ["Quantization", "SafetensorsFormat", "TensorCore", "TestSupport"]),
         .testTarget(name: "LoRAMergeTests", dependencies: ["LoRAMerge", "SafetensorsFormat", "TensorCore", "TestSupport"]),
+        .testTarget(name: "HDF5FormatTests", dependencies: ["HDF5Format", "SafetensorsFormat", "TensorCore", "TestSupport"]),
         .testTarget(name: "NF4FormatTests", dependencies: ["NF4Format", "TensorCore", "TestSupport"]),
         .testTarget(name: "CLibrariesTests", dependencies: ["CZstd", "CHDF5", "COpenBLAS"]),
         .testTarget(

@@ -1,4 +1,5 @@
 import Foundation
+import HDF5Format
 import NF4Format
 import Quantization
 import SafetensorsFormat
@@ -38,8 +39,9 @@ struct Checkpoint {
         if !FilePaths.isDirectory(path) {
             let magic = try leadingBytes(of: path, count: 8)
             if NF4Container.hasMagic(magic) { return try openNF4(path) }
-            if magic == [0x89, 0x48, 0x44, 0x46, 0x0D, 0x0A, 0x1A, 0x0A] {
-                throw CommandError(path: path, "HDF5 files are not supported yet")
+            if magic == hdf5Signature { return try openHDF5(path) }
+            if path.hasSuffix(".h5") || path.hasSuffix(".hdf5") {
+                throw CommandError(path: path, "not an HDF5 file (no HDF5 signature at its start)")
             }
         }
         let model = try SafeTensorsModel(path: path)
@@ -72,6 +74,25 @@ struct Checkpoint {
         return Checkpoint(
             format: "bitsandbytes 4-bit (safetensors)", path: path, entries: entries, metadata: tensors.metadata,
             companions: companions, shardGroups: nil)
+    }
+
+    static let hdf5Signature: [UInt8] = [0x89, 0x48, 0x44, 0x46, 0x0D, 0x0A, 0x1A, 0x0A]
+
+    /// An HDF5 file: its numeric datasets as tensors, read one at a time; its groups and
+    /// attributes in the `hdf5_layout` metadata, so that writing HDF5 again gives the same tree.
+    private static func openHDF5(_ path: String) throws -> Checkpoint {
+        let reader = try HDF5Reader(path: path)
+        for (dataset, reason) in reader.skipped {
+            StandardError.write("warning: \(path): dataset '\(dataset)' \(reason); skipped\n")
+        }
+        let entries = reader.datasets.map { dataset in
+            CheckpointEntry(name: dataset.name, dtype: dataset.dtype, shape: dataset.shape, quantization: nil, storedBytes: dataset.byteCount) {
+                .plain(try reader.read(dataset))
+            }
+        }
+        return Checkpoint(
+            format: "hdf5 (\(reader.kind.rawValue))", path: path, entries: entries,
+            metadata: [(HDF5Layout.metadataKey, reader.layout.json.compactSerialized())], companions: [], shardGroups: nil)
     }
 
     static func describe(_ q: QuantizedTensor) -> String {

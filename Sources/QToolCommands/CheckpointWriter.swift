@@ -1,4 +1,5 @@
 import Foundation
+import HDF5Format
 import NF4Format
 import Quantization
 import SafetensorsFormat
@@ -15,9 +16,12 @@ enum OutputTarget {
     case nf4(String)
     case safetensorsFile(String)
     case folder(String)
+    case hdf5(String)
 
     init(_ path: String) {
-        if path.hasSuffix(".nf4") {
+        if path.hasSuffix(".h5") || path.hasSuffix(".hdf5") {
+            self = .hdf5(path)
+        } else if path.hasSuffix(".nf4") {
             self = .nf4(path)
         } else if path.hasSuffix(".safetensors") {
             self = .safetensorsFile(path)
@@ -53,6 +57,23 @@ struct CheckpointWriter {
             return [path]
         case .folder(let path):
             return try writeFolder(path, names: names, produce: produce)
+        case .hdf5(let path):
+            guard !FilePaths.isDirectory(path) else { throw CommandError(path: path, "is a folder, not an HDF5 file") }
+            var tensors: [(name: String, tensor: Tensor)] = []
+            for (index, name) in names.enumerated() {
+                guard case .plain(let payload) = try produce(index) else {
+                    throw CommandError(path: path, "tensor '\(name)' is 4-bit; HDF5 output takes floats (dequantize first)")
+                }
+                tensors.append((name, try materializeTensor(payload)))
+            }
+            let layout = try metadata?.first { $0.key == HDF5Layout.metadataKey }.map { item in
+                guard let json = try? JSONParser.parse(item.value) else {
+                    throw CommandError(path: path, "the input's hdf5_layout metadata is not JSON")
+                }
+                return try HDF5Layout(json: json, path: path)
+            }
+            try HDF5Writer.write(tensors, layout: layout, to: path)
+            return [path]
         }
     }
 

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import HDF5Format
 import SafetensorsFormat
 import TensorCore
 
@@ -13,21 +14,37 @@ struct ConvertCommand: ParsableCommand {
             sharded input keeps its sharding), and config.json and tokenizer files of an input
             folder are copied along. Output is written atomically: on any error nothing is left.
 
+            HDF5 goes both ways (Keras 3 .weights.h5, legacy Keras .h5, any tree of datasets), told
+            by its signature; an OUTPUT ending in .h5 or .hdf5 is written as HDF5, and a file that
+            came from HDF5 is written back with the same groups and attributes. --layout torch
+            transposes Keras Dense kernels [in, out] to torch's [out, in]; --layout keras undoes it.
+
             Examples:
               qtool convert model.safetensors model-bf16.safetensors --dtype bf16
               qtool convert fixtures/tiny-llama out/tiny --max-shard-size 1MB
+              qtool convert fixtures/hdf5/keras3.weights.h5 keras.safetensors
+              qtool convert keras.safetensors restored.weights.h5
             """)
 
     @Argument(help: "A checkpoint file or model folder.")
     var input: String
 
-    @Argument(help: "A .safetensors file, or a model folder.")
+    @Argument(help: "A .safetensors file, a model folder, or an .h5/.hdf5 file.")
     var output: String
 
     @OptionGroup var floats: FloatOutputOptions
+
+    @Option(help: "torch: transpose Keras Dense kernels to [out, in]; keras: back to [in, out].")
+    var layout: String?
     @OptionGroup var report: ReportOptions
 
-    func validate() throws { try floats.validate(output: output) }
+    func validate() throws {
+        try floats.validate(output: output)
+        if let layout, !["torch", "keras"].contains(layout) { throw ValidationError("--layout must be torch or keras") }
+    }
+
+    /// The metadata key recording which way Keras kernels lie after `--layout`.
+    static let kernelLayoutKey = "keras_kernel_layout"
 
     func run() throws {
         let started = Date()
@@ -35,8 +52,15 @@ struct ConvertCommand: ParsableCommand {
         let target = floats.targetDType
         let totalBytes = checkpoint.entries.reduce(0) { $0 + $1.storedBytes }
         let progress = ProgressBar(label: "convert", total: totalBytes, quiet: report.quiet)
+        // Kernels are transposed only when they are not already in the asked layout.
+        let recorded = checkpoint.metadata?.first { $0.key == Self.kernelLayoutKey }?.value ?? "keras"
+        let transpose = layout != nil && layout != recorded
+        var metadata = checkpoint.metadata
+        if let layout {
+            metadata = (metadata ?? []).filter { $0.key != Self.kernelLayoutKey } + [(Self.kernelLayoutKey, layout)]
+        }
         var writer = CheckpointWriter(
-            target: OutputTarget(output), metadata: checkpoint.metadata, companions: checkpoint.companions, progress: progress)
+            target: OutputTarget(output), metadata: metadata, companions: checkpoint.companions, progress: progress)
         writer.maxShardSize = floats.shardLimit
         writer.shardGroups = checkpoint.shardGroups
         writer.castDType = target
@@ -45,7 +69,10 @@ struct ConvertCommand: ParsableCommand {
             case .quantized(let q):
                 progress.advance(by: q.storedBytes)
                 return .quantized(q)
-            case .plain(let tensor):
+            case .plain(var tensor):
+                if transpose, KerasKernels.isDenseKernel(name: checkpoint.entries[index].name, shape: tensor.shape) {
+                    tensor = KerasKernels.transposed(tensor)
+                }
                 guard let target, tensor.dtype.isFloatingPoint, let cast = CastTensor(tensor, to: target) else { return .plain(tensor) }
                 return .plain(cast)
             }

@@ -94,7 +94,10 @@ struct InspectReport {
         var lines: [String] = []
         lines.append("\(path): \(format)" + (files.isEmpty ? "" : ", \(files.count) shards"))
         if let metadata, !metadata.isEmpty {
-            lines.append("metadata: " + metadata.map { "\($0.key)=\($0.value)" }.joined(separator: ", "))
+            // A long value (an HDF5 layout, a model config) is cut: --json has it whole.
+            lines.append("metadata: " + metadata.map { item in
+                "\(item.key)=" + (item.value.count > 80 ? "\(item.value.prefix(60))… (\(item.value.count) characters)" : item.value)
+            }.joined(separator: ", "))
         }
         var header = ["name", "dtype", "shape", "parameters", "bytes"]
         var cells = rows.map { [$0.name, $0.dtype.rawValue, $0.shape.description, grouped($0.parameters), grouped($0.bytes)] }

@@ -45,6 +45,16 @@ extension JSONStyle {
 }
 
 extension JSONValue {
+    /// The value as JSON text on one line, without spaces (for metadata values).
+    public func compactSerialized(style: JSONStyle = .serde) -> String {
+        switch self {
+        case .array(let values): return "[" + values.map { $0.compactSerialized(style: style) }.joined(separator: ",") + "]"
+        case .object(let members):
+            return "{" + members.map { style.quoted($0.key) + ":" + $0.value.compactSerialized(style: style) }.joined(separator: ",") + "}"
+        default: return serialized(style: style)
+        }
+    }
+
     /// The value as JSON text: pretty-printed with two-space indents, members in their order.
     public func serialized(indent: Int = 0, style: JSONStyle = .serde) -> String {
         let pad = String(repeating: " ", count: indent + 2)

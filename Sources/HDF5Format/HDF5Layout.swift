@@ -1,0 +1,298 @@
+import CHDF5
+import TensorCore
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// An attribute of a group or dataset: numbers or strings, scalar or an array.
+public struct HDF5Attribute: Sendable, Equatable {
+    public enum Values: Sendable, Equatable {
+        /// Numbers of `DType`, as JSON number texts (exact for every integer and float).
+        case numbers(DType, [String])
+        /// Strings: variable-length (`fixedSize` nil, as h5py writes `str`) or fixed-size (numpy `S`).
+        case strings([String], fixedSize: Int?, utf8: Bool)
+    }
+
+    public let name: String
+    /// `[]` for a scalar.
+    public let shape: [Int]
+    public let values: Values
+}
+
+/// What a tensor checkpoint needs to be written back as the same HDF5 file: every group (empty
+/// ones too) with its attributes, and each dataset's path and attributes. It travels as JSON in
+/// safetensors' `__metadata__` under `hdf5_layout`.
+public struct HDF5Layout: Sendable, Equatable {
+    public struct Group: Sendable, Equatable {
+        public let path: String
+        public let attributes: [HDF5Attribute]
+    }
+
+    public struct DatasetEntry: Sendable, Equatable {
+        public let tensor: String
+        public let path: String
+        public let attributes: [HDF5Attribute]
+    }
+
+    public static let metadataKey = "hdf5_layout"
+
+    public var groups: [Group]
+    public var datasets: [DatasetEntry]
+
+    public init(groups: [Group], datasets: [DatasetEntry]) {
+        self.groups = groups
+        self.datasets = datasets
+    }
+
+    // MARK: JSON
+
+    public var json: JSONValue {
+        .object([
+            JSONMember(key: "version", value: .integer(1)),
+            JSONMember(key: "groups", value: .array(groups.map { group in
+                .object([
+                    JSONMember(key: "path", value: .string(group.path)),
+                    JSONMember(key: "attrs", value: .array(group.attributes.map(Self.json))),
+                ])
+            })),
+            JSONMember(key: "datasets", value: .array(datasets.map { entry in
+                .object([
+                    JSONMember(key: "tensor", value: .string(entry.tensor)),
+                    JSONMember(key: "path", value: .string(entry.path)),
+                    JSONMember(key: "attrs", value: .array(entry.attributes.map(Self.json))),
+                ])
+            })),
+        ])
+    }
+
+    static func json(_ attribute: HDF5Attribute) -> JSONValue {
+        var members = [
+            JSONMember(key: "name", value: .string(attribute.name)),
+            JSONMember(key: "shape", value: .array(attribute.shape.map(JSONValue.integer))),
+        ]
+        switch attribute.values {
+        case .numbers(let dtype, let texts):
+            members.append(JSONMember(key: "type", value: .string(dtype.rawValue)))
+            members.append(JSONMember(key: "values", value: .array(texts.map { Double($0)?.isFinite == false ? .string($0) : .number($0) })))
+        case .strings(let strings, let fixedSize, let utf8):
+            members.append(JSONMember(key: "type", value: .string(fixedSize.map { "S\($0)" } ?? "str")))
+            members.append(JSONMember(key: "utf8", value: .bool(utf8)))
+            members.append(JSONMember(key: "values", value: .array(strings.map(JSONValue.string))))
+        }
+        return .object(members)
+    }
+
+    public init(json: JSONValue, path: String) throws(HDF5Error) {
+        func fail(_ problem: String) -> HDF5Error { .invalidLayout(path: path, problem: problem) }
+        guard json["version"]?.integerValue == 1 else { throw fail("unknown version") }
+        guard let groupValues = json["groups"]?.arrayValues, let datasetValues = json["datasets"]?.arrayValues else {
+            throw fail("groups and datasets must be arrays")
+        }
+        groups = []
+        for value in groupValues {
+            guard let groupPath = value["path"]?.stringValue, groupPath.hasPrefix("/") else { throw fail("a group without a path") }
+            groups.append(Group(path: groupPath, attributes: try Self.attributes(value["attrs"], fail)))
+        }
+        datasets = []
+        for value in datasetValues {
+            guard let tensor = value["tensor"]?.stringValue, let datasetPath = value["path"]?.stringValue, datasetPath.hasPrefix("/") else {
+                throw fail("a dataset without a tensor name or path")
+            }
+            datasets.append(DatasetEntry(tensor: tensor, path: datasetPath, attributes: try Self.attributes(value["attrs"], fail)))
+        }
+    }
+
+    static func attributes(_ value: JSONValue?, _ fail: (String) -> HDF5Error) throws(HDF5Error) -> [HDF5Attribute] {
+        guard let items = value?.arrayValues else { throw fail("attrs must be an array") }
+        var out: [HDF5Attribute] = []
+        for item in items {
+            guard let name = item["name"]?.stringValue, let type = item["type"]?.stringValue,
+                let shape = item["shape"]?.arrayValues?.compactMap(\.integerValue), let values = item["values"]?.arrayValues
+            else { throw fail("a malformed attribute") }
+            guard values.count == shape.reduce(1, *) else { throw fail("attribute '\(name)': \(values.count) values for shape \(shape)") }
+            if type == "str" || type.hasPrefix("S") {
+                let strings = values.compactMap(\.stringValue)
+                guard strings.count == values.count else { throw fail("attribute '\(name)': values must be strings") }
+                let fixed = type == "str" ? nil : Int(type.dropFirst())
+                guard type == "str" || (fixed ?? 0) > 0 else { throw fail("attribute '\(name)': bad string size") }
+                out.append(HDF5Attribute(name: name, shape: shape, values: .strings(strings, fixedSize: fixed, utf8: item["utf8"]?.boolValue ?? true)))
+            } else {
+                guard let dtype = DType(rawValue: type), HDF5ElementType.fileType(for: dtype) != nil else {
+                    throw fail("attribute '\(name)': unknown type \(type)")
+                }
+                let texts = values.compactMap { value -> String? in
+                    if case .number(let text) = value { return text }
+                    return value.stringValue
+                }
+                guard texts.count == values.count else { throw fail("attribute '\(name)': values must be numbers") }
+                out.append(HDF5Attribute(name: name, shape: shape, values: .numbers(dtype, texts)))
+            }
+        }
+        return out
+    }
+}
+
+/// Reading and writing attributes through libhdf5 (called with the library lock held).
+enum HDF5Attributes {
+    static func read(_ object: hid_t) -> [HDF5Attribute] {
+        var out: [HDF5Attribute] = []
+        var index: hsize_t = 0
+        while true {
+            let id = H5Aopen_by_idx(object, ".", H5_INDEX_NAME, H5_ITER_INC, index, HDF5.defaultProperties, HDF5.defaultProperties)
+            if id < 0 {
+                H5Eclear2(0)
+                break
+            }
+            index += 1
+            let attribute = HDF5Handle(id, .attribute)
+            let nameLength = H5Aget_name(attribute.id, 0, nil)
+            var nameBuffer = [CChar](repeating: 0, count: max(0, Int(nameLength)) + 1)
+            H5Aget_name(attribute.id, nameBuffer.count, &nameBuffer)
+            let name = String(cString: nameBuffer)
+            let type = HDF5Handle(H5Aget_type(attribute.id), .datatype)
+            let space = HDF5Handle(H5Aget_space(attribute.id), .dataspace)
+            var shape: [Int] = []
+            if H5Sget_simple_extent_type(space.id) == H5S_SIMPLE {
+                var dims = [hsize_t](repeating: 0, count: Int(H5Sget_simple_extent_ndims(space.id)))
+                H5Sget_simple_extent_dims(space.id, &dims, nil)
+                shape = dims.map { Int(clamping: $0) }
+            } else if H5Sget_simple_extent_type(space.id) != H5S_SCALAR {
+                continue
+            }
+            let count = shape.reduce(1, *)
+            switch HDF5ElementType.of(type.id) {
+            case .numeric(let dtype):
+                let memory = HDF5ElementType.memoryType(for: type.id, dtype: dtype)
+                let width = dtype.bitSize / 8
+                var bytes = [UInt8](repeating: 0, count: max(1, count * width))
+                guard H5Aread(attribute.id, memory.id, &bytes) >= 0 else { continue }
+                out.append(HDF5Attribute(name: name, shape: shape, values: .numbers(dtype, numberTexts(bytes, dtype: dtype, count: count))))
+            case .string:
+                let utf8 = H5Tget_cset(type.id) == H5T_CSET_UTF8
+                if H5Tis_variable_str(type.id) > 0 {
+                    let memory = HDF5Handle(H5Tcopy(qtool_H5T_C_S1()), .datatype)
+                    H5Tset_size(memory.id, qtool_H5T_VARIABLE())
+                    H5Tset_cset(memory.id, H5Tget_cset(type.id))
+                    var pointers = [UnsafeMutablePointer<CChar>?](repeating: nil, count: max(1, count))
+                    guard H5Aread(attribute.id, memory.id, &pointers) >= 0 else { continue }
+                    let strings = pointers.prefix(count).map { $0.map { String(cString: $0) } ?? "" }
+                    H5Dvlen_reclaim(memory.id, space.id, HDF5.defaultProperties, &pointers)
+                    out.append(HDF5Attribute(name: name, shape: shape, values: .strings(strings, fixedSize: nil, utf8: utf8)))
+                } else {
+                    let size = H5Tget_size(type.id)
+                    var bytes = [UInt8](repeating: 0, count: max(1, count * size))
+                    guard H5Aread(attribute.id, type.id, &bytes) >= 0 else { continue }
+                    let strings = (0..<count).map { i in
+                        String(decoding: bytes[(i * size)..<((i + 1) * size)].prefix { $0 != 0 }, as: UTF8.self)
+                    }
+                    out.append(HDF5Attribute(name: name, shape: shape, values: .strings(strings, fixedSize: size, utf8: utf8)))
+                }
+            case .other:
+                continue
+            }
+        }
+        return out
+    }
+
+    static func numberTexts(_ bytes: [UInt8], dtype: DType, count: Int) -> [String] {
+        bytes.withUnsafeBytes { raw in
+            (0..<count).map { i -> String in
+                let at = i * dtype.bitSize / 8
+                switch dtype {
+                case .f64: return "\(raw.loadUnaligned(fromByteOffset: at, as: Double.self))"
+                case .f32: return "\(raw.loadUnaligned(fromByteOffset: at, as: Float.self))"
+                case .f16, .bf16:
+                    var value: Float = 0
+                    withUnsafeMutablePointer(to: &value) { FloatConversion.decodeToFloat32(raw.baseAddress! + at, dtype, from: 0, count: 1, into: $0) }
+                    return "\(value)"
+                case .i8: return "\(raw.loadUnaligned(fromByteOffset: at, as: Int8.self))"
+                case .i16: return "\(raw.loadUnaligned(fromByteOffset: at, as: Int16.self))"
+                case .i32: return "\(raw.loadUnaligned(fromByteOffset: at, as: Int32.self))"
+                case .i64: return "\(raw.loadUnaligned(fromByteOffset: at, as: Int64.self))"
+                case .u8, .bool: return "\(raw.loadUnaligned(fromByteOffset: at, as: UInt8.self))"
+                case .u16: return "\(raw.loadUnaligned(fromByteOffset: at, as: UInt16.self))"
+                case .u32: return "\(raw.loadUnaligned(fromByteOffset: at, as: UInt32.self))"
+                case .u64: return "\(raw.loadUnaligned(fromByteOffset: at, as: UInt64.self))"
+                default: return "0"
+                }
+            }
+        }
+    }
+
+    /// Writes `attributes` on `object`; false (with libhdf5's error pending) on failure.
+    static func write(_ attributes: [HDF5Attribute], on object: hid_t) -> Bool {
+        for attribute in attributes {
+            let count = attribute.shape.reduce(1, *)
+            let space: HDF5Handle
+            if attribute.shape.isEmpty {
+                space = HDF5Handle(H5Screate(H5S_SCALAR), .dataspace)
+            } else {
+                let dims = attribute.shape.map { hsize_t($0) }
+                space = HDF5Handle(H5Screate_simple(Int32(dims.count), dims, nil), .dataspace)
+            }
+            switch attribute.values {
+            case .numbers(let dtype, let texts):
+                guard let type = HDF5ElementType.fileType(for: dtype) else { return false }
+                let bytes = numberBytes(texts, dtype: dtype)
+                let id = H5Acreate2(object, attribute.name, type.id, space.id, HDF5.defaultProperties, HDF5.defaultProperties)
+                guard id >= 0 else { return false }
+                let handle = HDF5Handle(id, .attribute)
+                guard bytes.withUnsafeBytes({ H5Awrite(handle.id, type.id, $0.baseAddress) }) >= 0 else { return false }
+            case .strings(let strings, let fixedSize, let utf8):
+                let type = HDF5Handle(H5Tcopy(qtool_H5T_C_S1()), .datatype)
+                H5Tset_cset(type.id, utf8 ? H5T_CSET_UTF8 : H5T_CSET_ASCII)
+                if let fixedSize {
+                    H5Tset_size(type.id, fixedSize)
+                    H5Tset_strpad(type.id, H5T_STR_NULLPAD)
+                } else {
+                    H5Tset_size(type.id, qtool_H5T_VARIABLE())
+                }
+                let id = H5Acreate2(object, attribute.name, type.id, space.id, HDF5.defaultProperties, HDF5.defaultProperties)
+                guard id >= 0 else { return false }
+                let handle = HDF5Handle(id, .attribute)
+                let status: herr_t
+                if let fixedSize {
+                    var bytes = [UInt8](repeating: 0, count: max(1, count * fixedSize))
+                    for (i, string) in strings.enumerated() {
+                        for (j, byte) in string.utf8.prefix(fixedSize).enumerated() { bytes[i * fixedSize + j] = byte }
+                    }
+                    status = H5Awrite(handle.id, type.id, &bytes)
+                } else {
+                    var pointers = strings.map { strdup($0) }
+                    status = pointers.withUnsafeMutableBufferPointer { H5Awrite(handle.id, type.id, $0.baseAddress) }
+                    pointers.forEach { free($0) }
+                }
+                guard status >= 0 else { return false }
+            }
+        }
+        return true
+    }
+
+    static func numberBytes(_ texts: [String], dtype: DType) -> [UInt8] {
+        var out: [UInt8] = []
+        func append<T>(_ value: T) { withUnsafeBytes(of: value) { out.append(contentsOf: $0) } }
+        for text in texts {
+            let number = Double(text) ?? 0
+            switch dtype {
+            case .f64: append(number)
+            case .f32: append(Float(text) ?? Float(number))
+            case .f16, .bf16:
+                var value = Float(text) ?? Float(number)
+                var bits: UInt16 = 0
+                withUnsafeMutableBytes(of: &bits) { FloatConversion.encodeFromFloat32(&value, count: 1, into: $0.baseAddress!, dtype, at: 0) }
+                append(bits)
+            case .i8: append(Int8(text) ?? 0)
+            case .i16: append(Int16(text) ?? 0)
+            case .i32: append(Int32(text) ?? 0)
+            case .i64: append(Int64(text) ?? 0)
+            case .u8, .bool: append(UInt8(text) ?? 0)
+            case .u16: append(UInt16(text) ?? 0)
+            case .u32: append(UInt32(text) ?? 0)
+            case .u64: append(UInt64(text) ?? 0)
+            default: break
+            }
+        }
+        return out.isEmpty ? [0] : out
+    }
+}

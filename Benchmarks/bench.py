@@ -147,6 +147,47 @@ def merge_case(args, work, env):
             "speedup_vs_peer_process": p["wall"] / q["wall"], "speedup_vs_peer_inprocess": p["inproc"] / q["wall"]}
 
 
+def make_hdf5_input(work):
+    """About 1 GB of float32 in an HDF5 tree written by h5py: 64 datasets of 4096×1024 in groups,
+    contiguous (h5py's default), plus a small chunked gzip dataset."""
+    path = work / "input-f32-1GB.h5"
+    if path.exists():
+        return path
+    import h5py
+    import numpy as np
+    rng = np.random.default_rng(0)
+    tmp = path.with_suffix(".tmp")
+    with h5py.File(tmp, "w") as f:
+        for i in range(64):
+            f.create_dataset(f"model/layers/{i // 4}/proj_{i % 4}/kernel", data=rng.standard_normal((4096, 1024), dtype=np.float32))
+        f.create_dataset("model/norm", data=np.ones(1024, np.float32), chunks=(256,), compression="gzip")
+    tmp.rename(path)
+    return path
+
+
+def hdf5_case(args, work, env):
+    """qtool convert HDF5 → safetensors against h5py + safetensors doing the same copy."""
+    src = make_hdf5_input(work)
+    size = src.stat().st_size
+    best = {"qtool": None, "peer": None}
+    for _ in range(args.repeat):
+        for who, cmd in (("qtool", [args.qtool, "convert", str(src), str(work / "h.safetensors"), "--quiet"]),
+                         ("peer", [PY, str(ROOT / "Benchmarks/peer_hdf5.py"), str(src), str(work / "hp.safetensors")])):
+            for f in ("h.safetensors", "hp.safetensors"):
+                (work / f).unlink(missing_ok=True)
+            wall, rss, out = run(cmd, env)
+            inproc = json.loads(out)["seconds"] if who == "peer" else wall
+            if best[who] is None or wall < best[who]["wall"]:
+                best[who] = {"wall": wall, "rss": rss, "inproc": inproc}
+    for f in ("h.safetensors", "hp.safetensors"):
+        (work / f).unlink(missing_ok=True)
+    q, p = best["qtool"], best["peer"]
+    return {"case": "hdf5 -> safetensors", "input_bytes": size, "qtool_seconds": q["wall"], "qtool_gbps": size / q["wall"] / 1e9,
+            "qtool_peak_rss": q["rss"], "peer_seconds": p["wall"], "peer_inprocess_seconds": p["inproc"],
+            "peer_gbps": size / p["inproc"] / 1e9, "peer_peak_rss": p["rss"],
+            "speedup_vs_peer_inprocess": p["inproc"] / q["wall"], "speedup_vs_peer_process": p["wall"] / q["wall"]}
+
+
 def fmt_bytes(n):
     return f"{n / 1e6:,.0f} MB"
 
@@ -232,8 +273,18 @@ def main():
           f"{m['peer_inprocess_seconds']:9.3f} {fmt_bytes(m['peer_peak_rss']):>9} | {m['speedup_vs_peer_process']:9.1f} "
           f"{m['speedup_vs_peer_inprocess']:9.1f}")
     print(f"RSS bound for merge (largest shard + 256 MB): {fmt_bytes(m['largest_shard'] + 256e6)}")
+    h = hdf5_case(args, work, env)
+    print()
+    print(f"hdf5: {fmt_bytes(h['input_bytes'])} of float32 datasets written by h5py; peer: h5py reads every dataset, "
+          f"safetensors save_file writes them")
+    header = f"{'case':22} {'qtool s':>8} {'GB/s':>6} {'peak RSS':>9} | {'peer s':>7} {'GB/s':>6} {'process s':>9} {'peak RSS':>9} | {'× peer':>6} {'× process':>9}"
+    print(header)
+    print("-" * len(header))
+    print(f"{h['case']:22} {h['qtool_seconds']:8.3f} {h['qtool_gbps']:6.2f} {fmt_bytes(h['qtool_peak_rss']):>9} | "
+          f"{h['peer_inprocess_seconds']:7.3f} {h['peer_gbps']:6.2f} {h['peer_seconds']:9.3f} {fmt_bytes(h['peer_peak_rss']):>9} | "
+          f"{h['speedup_vs_peer_inprocess']:6.2f} {h['speedup_vs_peer_process']:9.2f}")
     if args.json:
-        print(json.dumps(results + qrows + [m], indent=2))
+        print(json.dumps(results + qrows + [m, h], indent=2))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ static inline hid_t qtool_H5T_STD_U16LE(void) { return H5T_STD_U16LE; }
 static inline hid_t qtool_H5T_STD_U32LE(void) { return H5T_STD_U32LE; }
 static inline hid_t qtool_H5T_STD_U64LE(void) { return H5T_STD_U64LE; }
 static inline size_t qtool_H5T_VARIABLE(void) { return H5T_VARIABLE; }
+static inline haddr_t qtool_HADDR_UNDEF(void) { return HADDR_UNDEF; }
 
 // libhdf5 prints its error stack to stderr by default; qtool reports errors itself.
 static inline void qtool_H5_silence(void) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); }

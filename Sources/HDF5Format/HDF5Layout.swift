@@ -149,7 +149,7 @@ enum HDF5Attributes {
             let nameLength = H5Aget_name(attribute.id, 0, nil)
             var nameBuffer = [CChar](repeating: 0, count: max(0, Int(nameLength)) + 1)
             H5Aget_name(attribute.id, nameBuffer.count, &nameBuffer)
-            let name = String(cString: nameBuffer)
+            let name = HDF5.string(nameBuffer)
             let type = HDF5Handle(H5Aget_type(attribute.id), .datatype)
             let space = HDF5Handle(H5Aget_space(attribute.id), .dataspace)
             var shape: [Int] = []

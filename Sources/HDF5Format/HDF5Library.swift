@@ -50,11 +50,16 @@ enum HDF5 {
     static func lastError() -> String {
         var buffer = [CChar](repeating: 0, count: 256)
         qtool_H5_last_error(&buffer)
-        let text = String(cString: buffer)
+        let text = HDF5.string(buffer)
         return text.isEmpty ? "libhdf5 reported an error" : text
     }
 
     static var defaultProperties: hid_t { qtool_H5P_DEFAULT() }
+
+    /// A NUL-terminated C string in a buffer, as UTF-8.
+    static func string(_ buffer: [CChar]) -> String {
+        String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
 }
 
 /// An HDF5 identifier closed when released, with the close function its kind needs.

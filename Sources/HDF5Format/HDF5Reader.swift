@@ -1,4 +1,5 @@
 import CHDF5
+import Foundation
 import TensorCore
 
 /// A numeric dataset of an HDF5 file, described without reading it.
@@ -56,8 +57,15 @@ public final class HDF5Reader: @unchecked Sendable {
         }
     }
 
-    /// Reads one dataset into memory, in little-endian order.
+    /// One dataset as a tensor. A contiguous, uncompressed little-endian dataset is mapped from
+    /// the file where it lies (no copy; it streams like a safetensors tensor); any other is read
+    /// into memory through libhdf5, which undoes chunking, compression and byte order.
     public func read(_ dataset: HDF5Dataset) throws(HDF5Error) -> Tensor {
+        if let range = contiguousRange(dataset), let mapping = try? mapping() {
+            if range.upperBound <= mapping.count {
+                return Tensor(dtype: dataset.dtype, shape: dataset.shape, storage: .mapped(mapping, range))
+            }
+        }
         let bytes = OwnedBytes(count: dataset.byteCount)
         let status: herr_t = HDF5.locked {
             let id = H5Dopen2(file.id, dataset.path, HDF5.defaultProperties)
@@ -69,6 +77,43 @@ public final class HDF5Reader: @unchecked Sendable {
         }
         guard status >= 0 else { throw .cannotRead(path: path, object: dataset.path, reason: HDF5.locked { HDF5.lastError() }) }
         return Tensor(dtype: dataset.dtype, shape: dataset.shape, storage: .owned(bytes))
+    }
+
+    private var mapped: MappedFile?
+    private let mappingLock = NSLock()
+
+    private func mapping() throws -> MappedFile {
+        mappingLock.lock()
+        defer { mappingLock.unlock() }
+        if let mapped { return mapped }
+        let file = try MappedFile(path: path)
+        mapped = file
+        return file
+    }
+
+    /// Where a dataset's bytes lie in the file, when they lie there as the tensor's bytes:
+    /// contiguous layout, allocated, no filters, little-endian (or single bytes).
+    private func contiguousRange(_ dataset: HDF5Dataset) -> Range<Int>? {
+        HDF5.locked { () -> Range<Int>? in
+            let id = H5Dopen2(file.id, dataset.path, HDF5.defaultProperties)
+            guard id >= 0 else { return nil }
+            let handle = HDF5Handle(id, .object)
+            let creation = HDF5Handle(H5Dget_create_plist(handle.id), .propertyList)
+            let type = HDF5Handle(H5Dget_type(handle.id), .datatype)
+            guard H5Pget_layout(creation.id) == H5D_CONTIGUOUS, H5Pget_nfilters(creation.id) == 0,
+                H5Pget_external_count(creation.id) == 0,
+                H5Tget_size(type.id) == 1 || H5Tget_order(type.id) == H5T_ORDER_LE,
+                H5Dget_storage_size(handle.id) == hsize_t(dataset.byteCount)
+            else { return nil }
+            // Addresses count from the superblock, which follows any user block.
+            let fileCreation = HDF5Handle(H5Fget_create_plist(file.id), .propertyList)
+            var userBlock: hsize_t = 0
+            H5Pget_userblock(fileCreation.id, &userBlock)
+            let offset = H5Dget_offset(handle.id)
+            guard offset != qtool_HADDR_UNDEF(), let start = Int(exactly: UInt64(offset) + UInt64(userBlock)) else { return nil }
+            let (end, overflow) = start.addingReportingOverflow(dataset.byteCount)
+            return overflow ? nil : start..<end
+        }
     }
 }
 
@@ -91,7 +136,7 @@ struct TreeWalker {
             guard length >= 0 else { throw .cannotRead(path: path, object: groupPath, reason: HDF5.lastError()) }
             var buffer = [CChar](repeating: 0, count: Int(length) + 1)
             H5Lget_name_by_idx(group, ".", H5_INDEX_NAME, H5_ITER_INC, index, &buffer, buffer.count, HDF5.defaultProperties)
-            let name = String(cString: buffer)
+            let name = HDF5.string(buffer)
             let childPath = (groupPath == "/" ? "" : groupPath) + "/" + name
             let id = H5Oopen(group, name, HDF5.defaultProperties)
             guard id >= 0 else {

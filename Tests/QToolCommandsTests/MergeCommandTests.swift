@@ -180,3 +180,4 @@ struct MergeCommandTests {
         #expect(Fixtures.listing(folder).isEmpty)
     }
 }
+

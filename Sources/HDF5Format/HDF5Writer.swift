@@ -86,6 +86,8 @@ public enum HDF5Writer {
             guard status >= 0, HDF5Attributes.write(target.attributes, on: dataset.id) else {
                 throw .cannotWrite(path: path, object: target.path, reason: HDF5.lastError())
             }
+            // A mapped source has been read; its pages need not stay resident.
+            target.tensor.releaseResidentPages()
         }
         guard H5Fflush(file.id, H5F_SCOPE_GLOBAL) >= 0 else { throw .cannotWrite(path: path, object: "/", reason: HDF5.lastError()) }
     }

@@ -118,7 +118,7 @@ public struct HDF5Layout: Sendable, Equatable {
                 guard type == "str" || (fixed ?? 0) > 0 else { throw fail("attribute '\(name)': bad string size") }
                 out.append(HDF5Attribute(name: name, shape: shape, values: .strings(strings, fixedSize: fixed, utf8: item["utf8"]?.boolValue ?? true)))
             } else {
-                guard let dtype = DType(rawValue: type), HDF5ElementType.fileType(for: dtype) != nil else {
+                guard let dtype = DType(rawValue: type), HDF5ElementType.writable.contains(dtype) else {
                     throw fail("attribute '\(name)': unknown type \(type)")
                 }
                 let texts = values.compactMap { value -> String? in

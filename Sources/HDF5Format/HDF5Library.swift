@@ -36,13 +36,14 @@ public enum HDF5Error: FileError, Equatable {
 /// The one place qtool calls libhdf5. The library (a serial build) is not thread-safe, so every
 /// call goes through `locked`.
 enum HDF5 {
-    private static let lock = NSLock()
-    private static let silenced: Void = qtool_H5_silence()
+    // Recursive: a handle released inside a locked section closes itself under the same lock.
+    private static let lock = NSRecursiveLock()
 
     static func locked<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
         lock.lock()
         defer { lock.unlock() }
-        _ = silenced
+        // A thread-safe libhdf5 keeps an error stack, and its printing switch, per thread.
+        qtool_H5_silence()
         return try body()
     }
 
@@ -74,13 +75,16 @@ final class HDF5Handle {
     }
 
     deinit {
-        switch kind {
-        case .file: H5Fclose(id)
-        case .object: H5Oclose(id)
-        case .datatype: H5Tclose(id)
-        case .dataspace: H5Sclose(id)
-        case .attribute: H5Aclose(id)
-        case .propertyList: H5Pclose(id)
+        let (id, kind) = (id, kind)
+        _ = HDF5.locked {
+            switch kind {
+            case .file: H5Fclose(id)
+            case .object: H5Oclose(id)
+            case .datatype: H5Tclose(id)
+            case .dataspace: H5Sclose(id)
+            case .attribute: H5Aclose(id)
+            case .propertyList: H5Pclose(id)
+            }
         }
     }
 }
@@ -140,6 +144,9 @@ enum HDF5ElementType: Equatable {
         H5Tset_order(copy, H5T_ORDER_LE)
         return HDF5Handle(copy, .datatype)
     }
+
+    /// The types qtool writes to HDF5.
+    static let writable: Set<DType> = [.f64, .f32, .f16, .bf16, .i8, .i16, .i32, .i64, .u8, .u16, .u32, .u64, .bool]
 
     /// The file type qtool writes for `dtype`; nil when HDF5 has no type for it.
     static func fileType(for dtype: DType) -> HDF5Handle? {

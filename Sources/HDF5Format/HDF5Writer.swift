@@ -15,7 +15,7 @@ public enum HDF5Writer {
         var targets: [(path: String, tensor: Tensor, attributes: [HDF5Attribute])] = []
         var owner: [String: String] = [:]
         for (name, tensor) in tensors {
-            guard HDF5ElementType.fileType(for: tensor.dtype) != nil else {
+            guard HDF5ElementType.writable.contains(tensor.dtype) else {
                 throw .unsupportedTensor(path: path, tensor: name, problem: "\(tensor.dtype.rawValue) has no HDF5 type qtool writes")
             }
             let entry = pathOf[name]

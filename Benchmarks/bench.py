@@ -31,6 +31,29 @@ def run(cmd, env=None):
     return wall, rss, p.stdout
 
 
+def remove(*paths):
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def best_of(repeat, qcmd, pcmd, env, outputs):
+    """Runs qtool and its peer alternately `repeat` times, each from no output (replacing a 1 GB
+    file would charge its freeing to whoever renames); keeps each one's fastest run as
+    {"wall", "rss", "inproc"} (the peer prints its in-process seconds as JSON)."""
+    best = {"qtool": None, "peer": None}
+    for _ in range(repeat):
+        for who, cmd in (("qtool", qcmd), ("peer", pcmd)):
+            remove(*outputs)
+            wall, rss, out = run(cmd, env)
+            inproc = json.loads(out)["seconds"] if who == "peer" else wall
+            if best[who] is None or wall < best[who]["wall"]:
+                best[who] = {"wall": wall, "rss": rss, "inproc": inproc}
+    return best["qtool"], best["peer"]
+
+
 def make_input(path, gigabytes):
     """A float32 safetensors file of Llama-like 2-D tensors, written by the safetensors library."""
     if path.exists():
@@ -128,19 +151,10 @@ def merge_case(args, work, env):
     largest = max(f.stat().st_size for f in shards)
     # qtool's sgemm may use every core, as torch does.
     env = {k: v for k, v in env.items() if k != "OPENBLAS_NUM_THREADS"}
-    best = {"qtool": None, "peer": None}
-    for _ in range(args.repeat):
-        for who, cmd in (("qtool", [args.qtool, "merge", str(base), "--adapter", str(adapter), "-o", str(work / "qm"), "--quiet"]),
-                         ("peer", [PY, str(ROOT / "Benchmarks/peer_merge.py"), str(base), str(adapter), str(work / "pm"), "500MB"])):
-            for f in ("qm", "pm"):
-                shutil.rmtree(work / f, ignore_errors=True)
-            wall, rss, out = run(cmd, env)
-            inproc = json.loads(out)["seconds"] if who == "peer" else wall
-            if best[who] is None or wall < best[who]["wall"]:
-                best[who] = {"wall": wall, "rss": rss, "inproc": inproc}
-    for f in ("qm", "pm"):
-        shutil.rmtree(work / f, ignore_errors=True)
-    q, p = best["qtool"], best["peer"]
+    outputs = (work / "qm", work / "pm")
+    q, p = best_of(args.repeat, [args.qtool, "merge", str(base), "--adapter", str(adapter), "-o", str(outputs[0]), "--quiet"],
+                   [PY, str(ROOT / "Benchmarks/peer_merge.py"), str(base), str(adapter), str(outputs[1]), "500MB"], env, outputs)
+    remove(*outputs)
     return {"case": "merge r=16 all-linear", "input_bytes": size, "largest_shard": largest,
             "qtool_seconds": q["wall"], "qtool_peak_rss": q["rss"], "peer_seconds": p["wall"],
             "peer_inprocess_seconds": p["inproc"], "peer_peak_rss": p["rss"],
@@ -169,19 +183,10 @@ def hdf5_case(args, work, env):
     """qtool convert HDF5 → safetensors against h5py + safetensors doing the same copy."""
     src = make_hdf5_input(work)
     size = src.stat().st_size
-    best = {"qtool": None, "peer": None}
-    for _ in range(args.repeat):
-        for who, cmd in (("qtool", [args.qtool, "convert", str(src), str(work / "h.safetensors"), "--quiet"]),
-                         ("peer", [PY, str(ROOT / "Benchmarks/peer_hdf5.py"), str(src), str(work / "hp.safetensors")])):
-            for f in ("h.safetensors", "hp.safetensors"):
-                (work / f).unlink(missing_ok=True)
-            wall, rss, out = run(cmd, env)
-            inproc = json.loads(out)["seconds"] if who == "peer" else wall
-            if best[who] is None or wall < best[who]["wall"]:
-                best[who] = {"wall": wall, "rss": rss, "inproc": inproc}
-    for f in ("h.safetensors", "hp.safetensors"):
-        (work / f).unlink(missing_ok=True)
-    q, p = best["qtool"], best["peer"]
+    outputs = (work / "h.safetensors", work / "hp.safetensors")
+    q, p = best_of(args.repeat, [args.qtool, "convert", str(src), str(outputs[0]), "--quiet"],
+                   [PY, str(ROOT / "Benchmarks/peer_hdf5.py"), str(src), str(outputs[1])], env, outputs)
+    remove(*outputs)
     return {"case": "hdf5 -> safetensors", "input_bytes": size, "qtool_seconds": q["wall"], "qtool_gbps": size / q["wall"] / 1e9,
             "qtool_peak_rss": q["rss"], "peer_seconds": p["wall"], "peer_inprocess_seconds": p["inproc"],
             "peer_gbps": size / p["inproc"] / 1e9, "peer_peak_rss": p["rss"],
@@ -216,18 +221,7 @@ def main():
     ]
     results = []
     for name, qcmd, pcmd in cases:
-        best = {"qtool": None, "peer": None}
-        for _ in range(args.repeat):
-            for who, cmd in (("qtool", qcmd), ("peer", pcmd)):
-                # Start from no output: replacing a 1 GB file costs its freeing to whoever renames.
-                for f in ("q.safetensors", "p.safetensors"):
-                    (work / f).unlink(missing_ok=True)
-                wall, rss, out = run(cmd, env)
-                inproc = json.loads(out)["seconds"] if who == "peer" else wall
-                cur = best[who]
-                if cur is None or wall < cur["wall"]:
-                    best[who] = {"wall": wall, "rss": rss, "inproc": inproc}
-        q, p = best["qtool"], best["peer"]
+        q, p = best_of(args.repeat, qcmd, pcmd, env, (work / "q.safetensors", work / "p.safetensors"))
         run(qcmd, env)
         same = (work / "q.safetensors").read_bytes() == (work / "p.safetensors").read_bytes()
         results.append({"case": name, "input_bytes": size,

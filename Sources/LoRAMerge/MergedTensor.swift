@@ -22,19 +22,6 @@ public struct MergedTensor: TensorPayload {
     public var shape: Shape { start.shape }
     public var byteCount: Int { start.elementCount * dtype.bitSize / 8 }
 
-    /// The whole merged tensor in memory.
-    public func materialize() throws -> Tensor {
-        let bytes = OwnedBytes(count: byteCount)
-        var offset = 0
-        try stream(chunkBytes: 8 << 20) { piece in
-            if piece.count > 0 {
-                (bytes.buffer.baseAddress! + offset).copyMemory(from: piece.baseAddress!, byteCount: piece.count)
-            }
-            offset += piece.count
-        }
-        return Tensor(dtype: dtype, shape: shape, storage: .owned(bytes))
-    }
-
     public func stream(chunkBytes: Int, into sink: (UnsafeRawBufferPointer) throws -> Void) throws {
         let total = start.elementCount
         let rows = start.shape.rank == 2 ? start.shape.dimensions[0] : 1

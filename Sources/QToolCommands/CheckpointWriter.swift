@@ -122,18 +122,9 @@ struct CheckpointWriter {
     }
 
     private func materializeTensor(_ payload: any TensorPayload) throws -> Tensor {
-        if let tensor = payload as? Tensor {
-            progress.advance(by: tensor.byteCount)
-            return tensor
-        }
-        let bytes = OwnedBytes(count: payload.byteCount)
-        var offset = 0
-        try payload.stream(chunkBytes: 8 << 20) { piece in
-            UnsafeMutableRawBufferPointer(rebasing: bytes.buffer[offset..<(offset + piece.count)]).copyMemory(from: piece)
-            offset += piece.count
-        }
+        let tensor = try payload.materialized()
         progress.advance(by: payload.byteCount)
-        return Tensor(dtype: payload.dtype, shape: payload.shape, storage: .owned(bytes))
+        return tensor
     }
 
     private func writeFolder(_ path: String, names: [String], produce: (Int) throws -> OutputItem) throws -> [String] {

@@ -112,7 +112,7 @@ struct MergeCommand: ParsableCommand {
                 if format == .safetensors {
                     return .plain(MergedTensor(base: restored, merge: change, dtype: castTo ?? Self.floatType(q.originalDType)))
                 }
-                let merged = try MergedTensor(base: restored, merge: change, dtype: .f32).materialize()
+                let merged = try MergedTensor(base: restored, merge: change, dtype: .f32).materialized()
                 progress.advance(by: q.storedBytes)
                 return .quantized(try quantize(merged, entry.name, type: q.quantType, blocksize: q.blocksize, double: q.isDoubleQuantized))
             case .plain(let tensor):
@@ -128,7 +128,7 @@ struct MergeCommand: ParsableCommand {
                 guard format != .safetensors, selection.shouldQuantize(name: entry.name, dtype: tensor.dtype, shape: tensor.shape) else {
                     return .plain(payload)
                 }
-                let source = try (payload as? MergedTensor)?.materialize() ?? tensor
+                let source = try payload.materialized()
                 progress.advance(by: tensor.byteCount)
                 return .quantized(try quantize(source, entry.name, type: .nf4, blocksize: 64, double: true))
             }

@@ -41,6 +41,22 @@ public protocol TensorPayload: Sendable {
     func stream(chunkBytes: Int, into sink: (UnsafeRawBufferPointer) throws -> Void) throws
 }
 
+extension TensorPayload {
+    /// The payload's bytes in memory, as a tensor (a tensor is returned as it is).
+    public func materialized() throws -> Tensor {
+        if let tensor = self as? Tensor { return tensor }
+        let bytes = OwnedBytes(count: byteCount)
+        var offset = 0
+        try stream(chunkBytes: 8 << 20) { piece in
+            if piece.count > 0 {
+                (bytes.buffer.baseAddress! + offset).copyMemory(from: piece.baseAddress!, byteCount: piece.count)
+            }
+            offset += piece.count
+        }
+        return Tensor(dtype: dtype, shape: shape, storage: .owned(bytes))
+    }
+}
+
 /// A dense, row-major, little-endian tensor.
 public struct Tensor: TensorPayload {
     public let dtype: DType

@@ -46,7 +46,7 @@ struct MergeGoldenTests {
         var changed: [String: Tensor] = [:]
         for (name, merge) in plan.changes {
             let tensor = base[name]!
-            changed[name] = try MergedTensor(base: tensor, merge: merge, dtype: testCase.dtype ?? tensor.dtype).materialize()
+            changed[name] = try MergedTensor(base: tensor, merge: merge, dtype: testCase.dtype ?? tensor.dtype).materialized()
         }
         return (changed, base)
     }
@@ -94,7 +94,7 @@ struct MergeGoldenTests {
         let merged = MergedTensor(base: base[name]!, merge: plan.changes[name]!, dtype: .f32)
         var pieces: [UInt8] = []
         try merged.stream(chunkBytes: chunkBytes) { pieces += $0 }
-        let whole = try merged.materialize()
+        let whole = try merged.materialized()
         let same = whole.withBytes { Array($0) } == pieces
         #expect(same)
     }

@@ -30,7 +30,10 @@ let package = Package(
             name: "COpenBLAS", pkgConfig: "openblas",
             providers: [.apt(["libopenblas-dev"])]),
 
-        .target(name: "TensorCore", dependencies: ["COpenBLAS"], swiftSettings: kernelSettings),
+        // Signal handlers and the few Linux calls Swift's Glibc module does not import.
+        .target(name: "CProcess"),
+
+        .target(name: "TensorCore", dependencies: ["COpenBLAS", "CProcess"], swiftSettings: kernelSettings),
         .target(name: "SafetensorsFormat", dependencies: ["TensorCore"]),
         .target(name: "Quantization", dependencies: ["TensorCore"], swiftSettings: kernelSettings),
         .target(name: "NF4Format", dependencies: ["TensorCore", "CZstd"]),
@@ -39,7 +42,7 @@ let package = Package(
         .target(
             name: "QToolCommands",
             dependencies: [
-                "TensorCore", "SafetensorsFormat", "Quantization", "NF4Format", "LoRAMerge", "HDF5Format",
+                "TensorCore", "SafetensorsFormat", "Quantization", "NF4Format", "LoRAMerge", "HDF5Format", "CProcess",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .executableTarget(name: "qtool", dependencies: ["QToolCommands"]),

@@ -154,8 +154,7 @@ struct CheckpointWriter {
                 try file.write(bytes)
                 written.append(companion.name)
             }
-            let stale = try FilePaths.contents(of: path).filter(ShardedWriter.isModelWeightFile)
-            try transaction.commit(removingStale: stale)
+            try transaction.commit(dropping: ShardedWriter.isModelWeightFile)
             return written
         } catch {
             transaction.abort()

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CProcess
 import TensorCore
 
 #if canImport(Glibc)
@@ -42,7 +43,7 @@ public struct QTool: ParsableCommand {
             try command.run()
             return 0
         } catch let error as FileError {
-            StandardError.write("error: \(error.path): \(error.problem)\n")
+            StandardError.write("error: \(TerminalText.escaped(error.path.isEmpty ? "(empty path)" : error.path)): \(TerminalText.escaped(error.problem))\n")
             return 2
         } catch {
             let code = exitCode(for: error)
@@ -56,13 +57,12 @@ public struct QTool: ParsableCommand {
     }
 
     public static func main() {
-        // Past a file-size limit, writes should fail with EFBIG (reported, temporaries removed)
-        // rather than kill the process.
-        signal(SIGXFSZ, SIG_IGN)
+        // Temporaries go with the process on SIGINT/SIGTERM; a truncated input is an error.
+        ProcessCleanup.installSignalHandlers()
         // Tensors stream through buffers of a few megabytes that are freed and allocated again
         // tensor after tensor; keep them in the heap instead of unmapping and faulting them in anew.
-        _ = glibcMallopt(-3, 64 << 20)  // M_MMAP_THRESHOLD
-        _ = glibcMallopt(-1, 128 << 20)  // M_TRIM_THRESHOLD
+        _ = qtool_mallopt(-3, 64 << 20)  // M_MMAP_THRESHOLD
+        _ = qtool_mallopt(-1, 128 << 20)  // M_TRIM_THRESHOLD
         Glibc.exit(run())
     }
 }
@@ -96,6 +96,3 @@ public struct CommandError: FileError {
     }
 }
 
-/// glibc's `mallopt` (malloc.h is not part of Swift's Glibc module).
-@_silgen_name("mallopt")
-private func glibcMallopt(_ parameter: Int32, _ value: Int32) -> Int32

@@ -61,12 +61,12 @@ public enum SafeTensorsWriter {
     public static func write(_ items: [Item], metadata: [(key: String, value: String)]?, to output: AtomicFileOutput) throws {
         var seen = Set<String>()
         for item in items where !seen.insert(item.name).inserted {
-            throw SafeTensorsError.duplicateTensor(path: output.destination, name: item.name)
+            throw SafeTensorsError.duplicateTensor(path: output.reportedPath, name: item.name)
         }
         let ordered = referenceOrder(items)
         let header = headerBytes(orderedItems: ordered, metadata: metadata)
         guard header.count - 8 <= SafeTensorsHeader.maximumHeaderLength else {
-            throw SafeTensorsError.cannotWrite(path: output.destination, detail: "header would exceed \(SafeTensorsHeader.maximumHeaderLength) bytes")
+            throw SafeTensorsError.cannotWrite(path: output.reportedPath, detail: "header would exceed \(SafeTensorsHeader.maximumHeaderLength) bytes")
         }
         try output.write(header)
         for item in ordered {

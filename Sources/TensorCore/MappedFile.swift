@@ -7,16 +7,22 @@
 /// A whole file mapped read-only into memory.
 ///
 /// Pages are read on first touch and can be given back with `releasePages`, so streaming a large
-/// file through a mapping keeps the resident set small.
+/// file through a mapping keeps the resident set small. Only regular files are mapped: a FIFO, a
+/// device or a socket is refused without blocking (the open does not wait for a writer). A file
+/// truncated by someone else while mapped would fault (SIGBUS) on the next touch past its new end;
+/// the mapping is registered so that the fault ends the process with the file's name and exit 2.
 public final class MappedFile: @unchecked Sendable {
     public let path: String
     public let count: Int
     private let base: UnsafeRawPointer?
     private let mappedLength: Int
+    private let faultSlot: Int32
 
     public init(path: String) throws {
         self.path = path
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard !path.isEmpty else { throw TensorCoreError.cannotOpen(path: path, reason: "the path is empty") }
+        // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever.
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)
         guard fd >= 0 else { throw TensorCoreError.cannotOpen(path: path, reason: systemErrorText()) }
         defer { close(fd) }
         var info = stat()
@@ -28,6 +34,7 @@ public final class MappedFile: @unchecked Sendable {
         if count == 0 {
             base = nil
             mappedLength = 0
+            faultSlot = -1
             return
         }
         let pointer = mmap(nil, count, PROT_READ, MAP_PRIVATE, fd, 0)
@@ -36,9 +43,11 @@ public final class MappedFile: @unchecked Sendable {
         }
         base = UnsafeRawPointer(pointer)
         mappedLength = count
+        faultSlot = ProcessCleanup.registerMapping(UnsafeRawPointer(pointer), length: count, path: path)
     }
 
     deinit {
+        ProcessCleanup.unregisterMapping(faultSlot)
         if let base { munmap(UnsafeMutableRawPointer(mutating: base), mappedLength) }
     }
 

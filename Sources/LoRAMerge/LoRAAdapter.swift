@@ -87,7 +87,7 @@ public struct LoRAAdapter: Sendable {
         self.path = path
         self.layout = layout
         guard config.objectMembers != nil else { throw .invalidConfig(path: path, problem: "not a JSON object") }
-        for (name, tensor) in tensors.entries where [.f32, .f16, .bf16, .f64].contains(tensor.dtype) {
+        for (name, tensor) in tensors.entries where FloatConversion.decodable.contains(tensor.dtype) {
             guard Self.allFinite(tensor) else { throw .invalidTensor(path: path, tensor: name, problem: "holds NaN or infinite values") }
         }
         switch layout {
@@ -105,6 +105,10 @@ public struct LoRAAdapter: Sendable {
 
     // MARK: PEFT
 
+    /// The largest rank qtool takes from a config (far above any real adapter's; it keeps a
+    /// hostile number from overflowing the arithmetic that follows).
+    public static let maximumRank = 1 << 20
+
     /// The parts of PEFT's LoraConfig that decide a merge.
     struct PEFTSettings {
         var rank = 8
@@ -112,8 +116,8 @@ public struct LoRAAdapter: Sendable {
         var rsLoRA = false
         var doRA = false
         var fanInFanOut = false
-        var rankPattern: [(key: String, pattern: Regex<AnyRegexOutput>, value: Int)] = []
-        var alphaPattern: [(key: String, pattern: Regex<AnyRegexOutput>, value: Double)] = []
+        var rankPattern: [(key: String, pattern: ModulePattern, value: Int)] = []
+        var alphaPattern: [(key: String, pattern: ModulePattern, value: Double)] = []
 
         init(_ config: JSONValue, path: String) throws(LoRAError) {
             guard let type = config["peft_type"] else {
@@ -134,7 +138,9 @@ public struct LoRAAdapter: Sendable {
             }
             // PEFT's defaults for a config that leaves them out.
             if let r = try number("r") {
-                guard r == r.rounded(), r >= 1 else { throw .invalidConfig(path: path, problem: "r must be a positive integer") }
+                guard r == r.rounded(), r >= 1, r <= Double(LoRAAdapter.maximumRank) else {
+                    throw .invalidConfig(path: path, problem: "r must be a positive integer up to \(LoRAAdapter.maximumRank), not \(r)")
+                }
                 rank = Int(r)
             }
             alpha = try number("lora_alpha") ?? 8
@@ -150,8 +156,8 @@ public struct LoRAAdapter: Sendable {
                 }
             }
             rankPattern = try Self.patterns(config["rank_pattern"], key: "rank_pattern", path: path).map { entry throws(LoRAError) in
-                guard entry.value == entry.value.rounded(), entry.value >= 1 else {
-                    throw .invalidConfig(path: path, problem: "rank_pattern '\(entry.key)' must be a positive integer")
+                guard entry.value == entry.value.rounded(), entry.value >= 1, entry.value <= Double(LoRAAdapter.maximumRank) else {
+                    throw .invalidConfig(path: path, problem: "rank_pattern '\(entry.key)' must be a positive integer up to \(LoRAAdapter.maximumRank)")
                 }
                 return (entry.key, entry.pattern, Int(entry.value))
             }
@@ -161,35 +167,40 @@ public struct LoRAAdapter: Sendable {
         /// Pattern keys as PEFT matches them: `re.match(rf"(.*\.)?({key})$", module_name)`, the
         /// first key in the config's order that matches.
         static func patterns(_ value: JSONValue?, key: String, path: String) throws(LoRAError)
-            -> [(key: String, pattern: Regex<AnyRegexOutput>, value: Double)]
+            -> [(key: String, pattern: ModulePattern, value: Double)]
         {
             guard let value, value != .null else { return [] }
             guard let members = value.objectMembers else { throw .invalidConfig(path: path, problem: "\(key) must be an object") }
-            var out: [(String, Regex<AnyRegexOutput>, Double)] = []
+            var out: [(String, ModulePattern, Double)] = []
             for member in members {
                 guard let number = member.value.doubleValue, number.isFinite else {
                     throw .invalidConfig(path: path, problem: "\(key) '\(member.key)' must be a number")
                 }
-                guard let regex = try? Regex("(?:.*\\.)?(?:\(member.key))") else {
-                    throw .invalidConfig(path: path, problem: "\(key) '\(member.key)' is not a valid pattern")
+                let pattern: ModulePattern
+                do {
+                    pattern = try ModulePattern(peftKey: member.key)
+                } catch {
+                    throw .invalidConfig(path: path, problem: "\(key) '\(member.key)': \(error.message)")
                 }
-                out.append((member.key, regex, number))
+                out.append((member.key, pattern, number))
             }
             return out
         }
 
         func rank(of module: String) -> Int {
-            rankPattern.first { (try? $0.pattern.wholeMatch(in: module)) != nil }?.value ?? rank
+            rankPattern.first { $0.pattern.matches(module) }?.value ?? rank
         }
 
         func alpha(of module: String) -> Double {
-            alphaPattern.first { (try? $0.pattern.wholeMatch(in: module)) != nil }?.value ?? alpha
+            alphaPattern.first { $0.pattern.matches(module) }?.value ?? alpha
         }
 
-        /// PEFT's `scaling`: `lora_alpha / r`, or `lora_alpha / √r` with rsLoRA.
-        func scale(of module: String) -> Float {
+        /// PEFT's `scaling`: `lora_alpha / r`, or `lora_alpha / √r` with rsLoRA; nil when it is
+        /// not a finite float32.
+        func scale(of module: String) -> Float? {
             let r = Double(rank(of: module))
-            return Float(alpha(of: module) / (rsLoRA ? r.squareRoot() : r))
+            let scale = Float(alpha(of: module) / (rsLoRA ? r.squareRoot() : r))
+            return scale.isFinite ? scale : nil
         }
     }
 
@@ -237,6 +248,7 @@ public struct LoRAAdapter: Sendable {
             guard a.shape.rank == 2, b.shape.rank == 2 else {
                 throw .unsupported(path: path, problem: "module '\(module)': LoRA on convolution layers is not supported (factors of rank \(a.shape.rank))")
             }
+            try Self.checkFactorTypes([(keyA, a), (keyB, b)] + (found[.magnitude].map { [$0] } ?? []) + (found[.biasB].map { [$0] } ?? []), path: path)
             let rank = a.shape.dimensions[0]
             guard b.shape.dimensions[1] == rank else {
                 throw .invalidTensor(path: path, tensor: keyB, problem: "shape \(b.shape) does not pair with lora_A \(a.shape)")
@@ -262,10 +274,13 @@ public struct LoRAAdapter: Sendable {
             if let biasB, biasB.shape != Shape([out]) {
                 throw .invalidTensor(path: path, tensor: module + ".lora_B.bias", problem: "shape \(biasB.shape), expected [\(out)]")
             }
+            guard let scale = settings.scale(of: module) else {
+                throw .invalidConfig(path: path, problem: "module '\(module)': lora_alpha / r = \(settings.alpha(of: module)) / \(rank) is not a finite float32 scale")
+            }
             modules.append(LoRAModule(
                 name: module, orientation: isEmbedding || settings.fanInFanOut ? .inputsByOutputs : .outputsByInputs,
                 a: a, b: b, factorsTransposed: false, rank: rank, inFeatures: a.shape.dimensions[1], outFeatures: out,
-                scale: settings.scale(of: module), magnitude: magnitude, biasB: biasB, isEmbedding: isEmbedding))
+                scale: scale, magnitude: magnitude, biasB: biasB, isEmbedding: isEmbedding))
         }
         return (modules, replacements)
     }
@@ -292,6 +307,9 @@ public struct LoRAAdapter: Sendable {
                 guard let scale = value.doubleValue, scale.isFinite else {
                     throw .invalidConfig(path: path, problem: "lora_parameters.scale must be a number, not \(value.kindName)")
                 }
+                guard Float(scale).isFinite else {
+                    throw .invalidConfig(path: path, problem: "lora_parameters.scale \(scale) is beyond float32's range")
+                }
                 self.scale = Float(scale)
             }
         }
@@ -314,6 +332,7 @@ public struct LoRAAdapter: Sendable {
                 throw .invalidTensor(path: path, tensor: key, problem: "has no matching lora_b")
             }
             let a = tensor
+            try Self.checkFactorTypes([(key, a), (module + ".lora_b", b)] + (tensors[module + ".m"].map { [(module + ".m", $0)] } ?? []), path: path)
             guard a.shape.rank == 2, b.shape.rank == 2, a.shape.dimensions[1] == b.shape.dimensions[0] else {
                 throw .invalidTensor(path: path, tensor: module + ".lora_b", problem: "shape \(b.shape) does not pair with lora_a \(a.shape)")
             }
@@ -334,6 +353,13 @@ public struct LoRAAdapter: Sendable {
                 isEmbedding: false))
         }
         return (modules, replacements)
+    }
+
+    /// LoRA factors, magnitudes and biases are real numbers qtool can widen to float32.
+    static func checkFactorTypes(_ tensors: [(key: String, tensor: Tensor)], path: String) throws(LoRAError) {
+        for (key, tensor) in tensors where !FloatConversion.decodable.contains(tensor.dtype) {
+            throw .invalidTensor(path: path, tensor: key, problem: "is \(tensor.dtype.rawValue); LoRA factors must be floating point (F64, F32, F16, BF16 or F8)")
+        }
     }
 
     static func allFinite(_ tensor: Tensor) -> Bool {

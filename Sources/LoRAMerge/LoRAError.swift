@@ -15,12 +15,14 @@ public enum LoRAError: FileError, Equatable {
     /// The adapter's factors do not fit the base's tensor (an adapter for another model).
     case shapeMismatch(path: String, module: String, problem: String)
     case invalidWeight(path: String, text: String)
+    /// The merged tensor cannot be written as asked (its values, or its type).
+    case cannotMerge(path: String, tensor: String, problem: String)
 
     public var path: String {
         switch self {
         case .missingFile(let path, _), .pickled(let path), .invalidConfig(let path, _), .notLoRA(let path, _),
             .unsupported(let path, _), .invalidTensor(let path, _, _), .moduleMissing(let path, _),
-            .shapeMismatch(let path, _, _), .invalidWeight(let path, _):
+            .shapeMismatch(let path, _, _), .invalidWeight(let path, _), .cannotMerge(let path, _, _):
             path
         }
     }
@@ -38,6 +40,7 @@ public enum LoRAError: FileError, Equatable {
         case .moduleMissing(_, let module): "module '\(module)' is not in the base (an adapter for another model?)"
         case .shapeMismatch(_, let module, let problem): "module '\(module)': \(problem) (an adapter for another model?)"
         case .invalidWeight(_, let text): "adapter weight '\(text)' is not a number"
+        case .cannotMerge(_, let tensor, let problem): "tensor '\(tensor)': \(problem)"
         }
     }
 }

@@ -21,6 +21,8 @@ public struct TensorMerge: Sendable {
     public var terms: [MergeTerm] = []
     /// Whether the tensor is a bias and `terms` add `scale · lora_B.bias`.
     public var isBias = false
+    /// The folder of the last adapter that changes the tensor (errors name it).
+    public var adapterPath = ""
 }
 
 /// Which base tensors the adapters change and how, checked against the base's names and shapes
@@ -45,7 +47,7 @@ public struct MergePlan: Sendable {
                     throw .shapeMismatch(path: adapter.path, module: name, problem: "stores \(tensor.shape), the base has \(shapes[target]!)")
                 }
                 // A whole tensor overwrites what earlier adapters added to it, as loading it does.
-                changes[target] = TensorMerge(replacement: (index, tensor))
+                changes[target] = TensorMerge(replacement: (index, tensor), adapterPath: adapter.path)
             }
             for module in adapter.modules {
                 guard let target = resolver.resolve(module.weightName) else {
@@ -60,18 +62,29 @@ public struct MergePlan: Sendable {
                         path: adapter.path, module: module.name,
                         problem: "its delta is \(Shape(expected)) but the base's '\(target)' is \(shape)")
                 }
-                guard let dtype = dtypes[target], dtype.isFloatingPoint else {
-                    throw .shapeMismatch(path: adapter.path, module: module.name, problem: "the base's '\(target)' is not a float tensor")
+                guard let dtype = dtypes[target], FloatConversion.decodable.contains(dtype) else {
+                    throw .shapeMismatch(
+                        path: adapter.path, module: module.name,
+                        problem: "the base's '\(target)' is \(dtypes[target]!.rawValue), not a float type qtool can merge into (F64, F32, F16, BF16, F8)")
                 }
-                changes[target, default: TensorMerge()].terms.append(MergeTerm(adapterIndex: index, module: module, weight: weight))
+                let term = MergeTerm(adapterIndex: index, module: module, weight: weight)
+                guard term.scale.isFinite else {
+                    throw .invalidConfig(path: adapter.path, problem: "module '\(module.name)': scale \(module.scale) times weight \(weight) overflows float32")
+                }
+                changes[target, default: TensorMerge()].terms.append(term)
+                changes[target]!.adapterPath = adapter.path
                 guard module.biasB != nil else { continue }
                 let biasName = String(target.dropLast(".weight".count)) + ".bias"
                 guard shapes[biasName] == Shape([module.outFeatures]) else {
                     throw .shapeMismatch(path: adapter.path, module: module.name, problem: "it has lora_B.bias but the base has no bias [\(module.outFeatures)]")
                 }
+                guard let biasType = dtypes[biasName], FloatConversion.decodable.contains(biasType) else {
+                    throw .shapeMismatch(path: adapter.path, module: module.name, problem: "the base's '\(biasName)' is not a float tensor")
+                }
                 var merge = changes[biasName, default: TensorMerge()]
                 merge.isBias = true
-                merge.terms.append(MergeTerm(adapterIndex: index, module: module, weight: weight))
+                merge.terms.append(term)
+                merge.adapterPath = adapter.path
                 changes[biasName] = merge
             }
         }

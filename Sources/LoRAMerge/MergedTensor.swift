@@ -1,3 +1,4 @@
+import Synchronization
 import TensorCore
 
 /// A base tensor with its merge applied, computed a block of rows at a time while it streams, so
@@ -7,16 +8,30 @@ import TensorCore
 /// a DoRA term then rescales each output unit by `m / ‖W₀ + scale·B·A‖`, and the result is
 /// rounded once to `dtype`. That is PEFT's merge (`W + scaling·B@A` in float32 on CPU) with a
 /// single rounding at the end.
+///
+/// Every element of the result must be finite in `dtype`: a scale that overflows, or a base that
+/// holds NaN or infinity, is an error rather than a tensor of infinities.
 public struct MergedTensor: TensorPayload {
     /// The tensor the merge starts from: the adapter's replacement if it has one, else the base.
     public let start: Tensor
     public let merge: TensorMerge
     public let dtype: DType
+    /// The base tensor's name, for errors.
+    public let name: String
 
-    public init(base: Tensor, merge: TensorMerge, dtype: DType) {
+    /// Refuses a merge that cannot be written as `dtype`: float32 values are written as F64,
+    /// F32, F16 or BF16; a tensor an adapter only replaces is copied or cast.
+    public init(base: Tensor, merge: TensorMerge, dtype: DType, name: String = "") throws(LoRAError) {
         start = merge.replacement?.tensor ?? base
         self.merge = merge
         self.dtype = dtype
+        self.name = name
+        let convertible = merge.terms.isEmpty ? FloatConversion.canConvert(from: start.dtype, to: dtype) : FloatConversion.encodable.contains(dtype)
+        guard convertible else {
+            throw .cannotMerge(
+                path: merge.adapterPath, tensor: name,
+                problem: "the merged tensor cannot be written as \(dtype.rawValue) (from \(start.dtype.rawValue)); choose an output --dtype of f32, f16 or bf16")
+        }
     }
 
     public var shape: Shape { start.shape }
@@ -28,6 +43,10 @@ public struct MergedTensor: TensorPayload {
         let columns = rows == 0 ? 0 : total / rows
         guard total > 0 else {
             return try sink(UnsafeRawBufferPointer(start: nil, count: 0))
+        }
+        if merge.terms.isEmpty {
+            // Only replaced: the adapter's tensor as it is, or cast.
+            return try CastTensor(start, to: dtype)!.stream(chunkBytes: chunkBytes, into: sink)
         }
         if merge.isBias {
             var values = LoRAModule.floats(start)
@@ -48,6 +67,7 @@ public struct MergedTensor: TensorPayload {
         let output = dtype == .f32 ? block : OwnedBytes(count: rowsPerBlock * columns * width)
         let values = SendableMutablePointer(block.buffer.baseAddress!.assumingMemoryBound(to: Float.self))
         let destination = SendableMutableRawPointer(output.buffer.baseAddress!)
+        let nonFinite = NonFiniteFlag()
         var firstRow = 0
         while firstRow < rows {
             let count = min(rowsPerBlock, rows - firstRow)
@@ -68,11 +88,21 @@ public struct MergedTensor: TensorPayload {
                     FloatConversion.encodeFromFloat32(
                         taskValues, count: range.count * columns, into: destination.raw, dtype, at: range.lowerBound * columns)
                 }
+                if !FloatConversion.allFinite(destination.raw, dtype, from: range.lowerBound * columns, count: range.count * columns) {
+                    nonFinite.set()
+                }
             }
+            if nonFinite.isSet { throw nonFiniteError() }
             releasePages(rows: firstRow..<(firstRow + count), columns: columns)
             try sink(UnsafeRawBufferPointer(start: output.buffer.baseAddress, count: count * columns * width))
             firstRow += count
         }
+    }
+
+    private func nonFiniteError() -> LoRAError {
+        .cannotMerge(
+            path: merge.adapterPath, tensor: name,
+            problem: "the merge gives values that are not finite in \(dtype.rawValue) (a scale or weight too large, or NaN/infinity in the base)")
     }
 
     /// Rows per block: about 4 MB of float32, fixed by the tensor's shape alone. OpenBLAS may
@@ -172,6 +202,7 @@ public struct MergedTensor: TensorPayload {
     private func emit(_ values: UnsafeBufferPointer<Float>, sink: (UnsafeRawBufferPointer) throws -> Void) throws {
         let width = dtype.bitSize / 8
         if dtype == .f32 {
+            guard values.allSatisfy(\.isFinite) else { throw nonFiniteError() }
             return try sink(UnsafeRawBufferPointer(values))
         }
         let output = OwnedBytes(count: values.count * width)
@@ -182,8 +213,16 @@ public struct MergedTensor: TensorPayload {
             FloatConversion.encodeFromFloat32(
                 source.pointer + range.lowerBound, count: range.count, into: destination.raw, type, at: range.lowerBound)
         }
+        guard FloatConversion.allFinite(output.buffer.baseAddress!, dtype, from: 0, count: values.count) else { throw nonFiniteError() }
         try sink(UnsafeRawBufferPointer(start: output.buffer.baseAddress, count: values.count * width))
     }
+}
+
+/// Set by any task that meets a non-finite value.
+final class NonFiniteFlag: @unchecked Sendable {
+    private let flag = Mutex(false)
+    func set() { flag.withLock { $0 = true } }
+    var isSet: Bool { flag.withLock { $0 } }
 }
 
 /// Typed pointers that may cross into `parallelForChunks`; each chunk touches its own elements.

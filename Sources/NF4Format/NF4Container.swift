@@ -7,6 +7,13 @@ public enum NF4Container {
     public static let preludeSize = 16
     public static let trailerSize = 32
     public static let alignment = 64
+    /// The longest header a reader parses (a header lists tensors and short metadata; a few MB
+    /// for the largest models). Parsing costs a few times its size in memory.
+    public static let maximumHeaderLength = 64 << 20
+    /// A compressed section may expand to at most this many times its stored length: the
+    /// decompressed size a file declares is checked against it before anything is allocated.
+    /// The writer stores a section uncompressed rather than exceed it.
+    public static let maximumCompressionRatio = 1024
 
     /// Whether `bytes` start like a .nf4 file.
     public static func hasMagic(_ bytes: [UInt8]) -> Bool { bytes.count >= 8 && Array(bytes[0..<8]) == magic }

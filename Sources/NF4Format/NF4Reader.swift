@@ -52,6 +52,9 @@ public struct NF4File: Sendable {
         guard headerOffset >= UInt64(NF4Container.preludeSize), headerLength <= UInt64(dataEnd),
             headerOffset <= UInt64(dataEnd) - headerLength
         else { throw NF4Error.truncated(path: path, detail: "header at \(headerOffset)+\(headerLength) is outside the file") }
+        guard headerLength <= UInt64(NF4Container.maximumHeaderLength) else {
+            throw NF4Error.invalidHeader(path: path, detail: "\(headerLength) bytes, over the limit of \(NF4Container.maximumHeaderLength)")
+        }
         let headerRange = Int(headerOffset)..<Int(headerOffset + headerLength)
         let header: JSONValue = try mapping.withBytes(in: headerRange) { bytes in
             guard XXH64.hash(bytes) == headerChecksum else { throw NF4Error.headerChecksumMismatch(path: path) }
@@ -106,7 +109,7 @@ public struct NF4File: Sendable {
             guard let bytes = mapping.withBytes(in: range, { ZstdCodec.decompress($0, size: section.size) }) else {
                 throw NF4Error.corruptCompressedData(path: path, owner: owner)
             }
-            return Tensor(dtype: dtype, shape: shape, values: bytes)
+            return Tensor(dtype: dtype, shape: shape, storage: .owned(bytes))
         }
         return Tensor(dtype: dtype, shape: shape, storage: .mapped(mapping, range))
     }
@@ -170,7 +173,7 @@ struct HeaderParser {
             throw fail("tensor '\(name)': \"shape\" must be non-negative integers")
         }
         let shape = Shape(dims.map { $0! })
-        guard let count = shape.checkedElementCount else { throw fail("tensor '\(name)': shape \(shape) overflows") }
+        guard let count = shape.checkedElementCount, count < Int.max / 2 else { throw fail("tensor '\(name)': shape \(shape) overflows") }
         guard let quantized = value["quantized"]?.boolValue else { throw fail("tensor '\(name)': no \"quantized\" flag") }
         func section(_ key: String, size: Int) throws -> NF4Section {
             let s = try parseSection(value[key], owner: name)
@@ -192,7 +195,7 @@ struct HeaderParser {
             throw fail("tensor '\(name)': \"blocksize\" must be a power of two from 32 to 4096")
         }
         guard let doubleQuant = value["double_quant"]?.boolValue else { throw fail("tensor '\(name)': no \"double_quant\" flag") }
-        let blocks = (count + blocksize - 1) / blocksize
+        let blocks = count / blocksize + (count % blocksize == 0 ? 0 : 1)
         var map: [String: NF4Section] = [:]
         map["codes"] = try section("codes", size: (count + 1) / 2)
         map["quant_map"] = try section("quant_map", size: 64)
@@ -205,6 +208,7 @@ struct HeaderParser {
                 throw fail("tensor '\(name)': \"offset_bits\" must be 8 hex digits")
             }
             offset = Float(bitPattern: bits)
+            guard offset.isFinite else { throw fail("tensor '\(name)': the double-quantization offset is \(offset), not a finite number") }
             map["absmax"] = try section("absmax", size: blocks)
             map["nested_absmax"] = try section("nested_absmax", size: 4 * ((blocks + 255) / 256))
             map["nested_quant_map"] = try section("nested_quant_map", size: 1024)
@@ -229,6 +233,11 @@ struct HeaderParser {
         }
         guard compression == "zstd" || length == size else {
             throw NF4Error.invalidSection(path: path, owner: owner, detail: "length \(length) differs from size \(size) without compression")
+        }
+        guard size / NF4Container.maximumCompressionRatio <= length else {
+            throw NF4Error.invalidSection(
+                path: path, owner: owner,
+                detail: "declares \(size) bytes from \(length) compressed, more than \(NF4Container.maximumCompressionRatio) times its length")
         }
         return NF4Section(offset: offset, length: length, size: size, compressed: compression == "zstd", checksum: sum)
     }

@@ -88,8 +88,10 @@ public final class NF4Writer {
     private func writeSection(_ payload: Tensor) throws -> NF4Section {
         try padToAlignment()
         let offset = output.bytesWritten
+        // A section that would expand past the readers' ratio limit is stored as it is.
         if let level = compressionLevel, payload.byteCount >= 256,
-            let frame = payload.withBytes({ ZstdCodec.compress($0, level: level) }), frame.count < payload.byteCount
+            let frame = payload.withBytes({ ZstdCodec.compress($0, level: level) }), frame.count < payload.byteCount,
+            payload.byteCount / NF4Container.maximumCompressionRatio <= frame.count
         {
             try output.write(frame)
             return NF4Section(offset: offset, length: frame.count, size: payload.byteCount, compressed: true, checksum: XXH64.hash(frame))

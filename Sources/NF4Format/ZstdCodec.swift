@@ -1,4 +1,5 @@
 import CZstd
+import TensorCore
 
 /// zstd through libzstd: whole-buffer frames with a content checksum.
 enum ZstdCodec {
@@ -17,12 +18,12 @@ enum ZstdCodec {
         return output
     }
 
-    /// Decompresses a frame that must hold exactly `size` bytes.
-    static func decompress(_ input: UnsafeRawBufferPointer, size: Int) -> [UInt8]? {
-        var output = [UInt8](repeating: 0, count: size)
-        let written = output.withUnsafeMutableBytes { out in
-            ZSTD_decompress(out.baseAddress, out.count, input.baseAddress, input.count)
-        }
+    /// Decompresses a frame that must hold exactly `size` bytes. The frame's own content size
+    /// must say so before anything is allocated; the buffer is not touched beyond what zstd writes.
+    static func decompress(_ input: UnsafeRawBufferPointer, size: Int) -> OwnedBytes? {
+        guard let start = input.baseAddress, ZSTD_getFrameContentSize(start, input.count) == UInt64(size) else { return nil }
+        let output = OwnedBytes(count: size)
+        let written = ZSTD_decompress(output.buffer.baseAddress, size, start, input.count)
         guard ZSTD_isError(written) == 0, written == size else { return nil }
         return output
     }

@@ -33,15 +33,23 @@ struct Checkpoint {
 
     var isQuantized: Bool { entries.contains { $0.quantization != nil } }
 
-    /// Opens `path`, telling the format by its first bytes, not by its name.
+    /// Opens `path`, telling the format by its bytes, not by its name.
     static func open(_ path: String) throws -> Checkpoint {
         guard FilePaths.exists(path) else { throw CommandError(path: path, "no such file or folder") }
         if !FilePaths.isDirectory(path) {
-            let magic = try leadingBytes(of: path, count: 8)
-            if NF4Container.hasMagic(magic) { return try openNF4(path) }
-            if magic == hdf5Signature { return try openHDF5(path) }
-            if path.hasSuffix(".h5") || path.hasSuffix(".hdf5") {
-                throw CommandError(path: path, "not an HDF5 file (no HDF5 signature at its start)")
+            switch try FileSignature.identify(path) {
+            case .nf4: return try openNF4(path)
+            case .hdf5: return try openHDF5(path)
+            case .damagedNF4: throw NF4Error.damagedStart(path: path)
+            case .safetensors: break
+            case .unknown:
+                if path.hasSuffix(".h5") || path.hasSuffix(".hdf5") {
+                    throw CommandError(path: path, "not an HDF5 file (no HDF5 signature)")
+                }
+                if path.hasSuffix(".nf4") { throw NF4Error.notNF4(path: path) }
+                if !path.hasSuffix(".safetensors") {
+                    throw CommandError(path: path, "not a recognised checkpoint format (not safetensors, .nf4 or HDF5)")
+                }
             }
         }
         let model = try SafeTensorsModel(path: path)
@@ -76,14 +84,13 @@ struct Checkpoint {
             companions: companions, shardGroups: nil)
     }
 
-    static let hdf5Signature: [UInt8] = [0x89, 0x48, 0x44, 0x46, 0x0D, 0x0A, 0x1A, 0x0A]
 
     /// An HDF5 file: its numeric datasets as tensors, read one at a time; its groups and
     /// attributes in the `hdf5_layout` metadata, so that writing HDF5 again gives the same tree.
     private static func openHDF5(_ path: String) throws -> Checkpoint {
         let reader = try HDF5Reader(path: path)
         for (dataset, reason) in reader.skipped {
-            StandardError.write("warning: \(path): dataset '\(dataset)' \(reason); skipped\n")
+            Report.warning(path, "dataset '\(dataset)' \(reason); skipped")
         }
         let entries = reader.datasets.map { dataset in
             CheckpointEntry(name: dataset.name, dtype: dataset.dtype, shape: dataset.shape, quantization: nil, storedBytes: dataset.byteCount) {
@@ -120,10 +127,6 @@ struct Checkpoint {
         return Checkpoint(format: "nf4", path: path, entries: entries, metadata: file.metadata, companions: companions, shardGroups: nil)
     }
 
-    private static func leadingBytes(of path: String, count: Int) throws -> [UInt8] {
-        let file = try MappedFile(path: path)
-        return file.withBytes(in: 0..<min(count, file.count)) { Array($0) }
-    }
 
     /// Files of a model folder that travel with its weights: config, tokenizer, generation and
     /// chat-template files; weight files and hidden files stay behind.
@@ -138,6 +141,35 @@ struct Checkpoint {
                 let file = try MappedFile(path: folder + "/" + name)
                 return file.withBytes(in: 0..<file.count) { Array($0) }
             })
+        }
+    }
+}
+
+/// What a file's bytes say it is.
+enum FileSignature {
+    case nf4, damagedNF4, hdf5, safetensors, unknown
+
+    static let hdf5Signature: [UInt8] = [0x89, 0x48, 0x44, 0x46, 0x0D, 0x0A, 0x1A, 0x0A]
+
+    static func identify(_ path: String) throws -> FileSignature {
+        let file = try MappedFile(path: path)
+        return file.withBytes(in: 0..<file.count) { bytes in
+            func at(_ offset: Int, _ expected: [UInt8]) -> Bool {
+                offset >= 0 && offset + expected.count <= bytes.count && bytes[offset..<(offset + expected.count)].elementsEqual(expected)
+            }
+            if at(0, NF4Container.magic) { return .nf4 }
+            // libhdf5 looks for its signature at 0 and after a user block of 512, 1024, 2048, … bytes.
+            var offset = 0
+            while offset + 8 <= bytes.count {
+                if at(offset, hdf5Signature) { return .hdf5 }
+                offset = offset == 0 ? 512 : offset * 2
+            }
+            // A .nf4 file ends with its magic too: a damaged start is still a .nf4 file.
+            if at(bytes.count - 8, NF4Container.magic) { return .damagedNF4 }
+            // safetensors: an 8-byte length, then the JSON object (whitespace may come first).
+            var index = 8
+            while index < bytes.count, [0x20, 0x09, 0x0A, 0x0D].contains(bytes[index]) { index += 1 }
+            return index < bytes.count && bytes[index] == UInt8(ascii: "{") ? .safetensors : .unknown
         }
     }
 }
@@ -176,8 +208,14 @@ enum QuantizedAdapter {
             } else {
                 absmax = .plain(t.absmax)
             }
-            return .quantized(QuantizedTensor(
-                quantType: type, blocksize: t.blocksize, shape: t.shape, originalDType: t.dtype, packed: t.codes, absmax: absmax))
+            let quantized = QuantizedTensor(
+                quantType: type, blocksize: t.blocksize, shape: t.shape, originalDType: t.dtype, packed: t.codes, absmax: absmax)
+            do {
+                try quantized.checkScales(name: name)
+            } catch {
+                throw CommandError(path: path, error.description)
+            }
+            return .quantized(quantized)
         }
     }
 }

@@ -39,6 +39,7 @@ struct ConvertCommand: ParsableCommand {
     @OptionGroup var report: ReportOptions
 
     func validate() throws {
+        try PathArguments.validate([("INPUT", input), ("OUTPUT", output)])
         try floats.validate(output: output)
         if let layout, !["torch", "keras"].contains(layout) { throw ValidationError("--layout must be torch or keras") }
     }
@@ -88,9 +89,9 @@ struct ConvertCommand: ParsableCommand {
                 JSONMember(key: "bytes", value: .integer(totalBytes)),
                 JSONMember(key: "seconds", value: .double(seconds)),
             ])
-            print(report.serialized())
+            Report.printJSON(report)
         } else if !report.quiet {
-            StandardError.write("wrote \(output): \(checkpoint.entries.count) tensors, \(ProgressBar.formatBytes(Double(totalBytes))) in \(String(format: "%.2f", seconds)) s\n")
+            Report.note("wrote \(output): \(checkpoint.entries.count) tensors, \(ProgressBar.formatBytes(Double(totalBytes))) in \(String(format: "%.2f", seconds)) s")
         }
     }
 }

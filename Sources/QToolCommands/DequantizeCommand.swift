@@ -26,19 +26,18 @@ struct DequantizeCommand: ParsableCommand {
 
     @OptionGroup var floats: FloatOutputOptions
 
-    @Option(help: "Threads for the kernels (default: all cores).")
-    var threads: Int?
+    @OptionGroup var threading: ThreadOptions
 
     @OptionGroup var report: ReportOptions
 
     func validate() throws {
+        try PathArguments.validate([("INPUT", input), ("OUTPUT", output)])
         guard !output.hasSuffix(".nf4") else { throw ValidationError("OUTPUT must be a .safetensors file or a folder") }
         try floats.validate(output: output)
-        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
     }
 
     func run() throws {
-        if let threads { ParallelismSettings.threadCount = threads }
+        threading.apply()
         let started = Date()
         let checkpoint = try Checkpoint.open(input)
         guard checkpoint.isQuantized else { throw CommandError(path: input, "holds no quantized tensors") }
@@ -65,16 +64,16 @@ struct DequantizeCommand: ParsableCommand {
         progress.finish()
         let seconds = Date().timeIntervalSince(started)
         if report.json {
-            print(JSONValue.object([
+            Report.printJSON(JSONValue.object([
                 JSONMember(key: "input", value: .string(input)),
                 JSONMember(key: "output", value: .string(output)),
                 JSONMember(key: "files", value: .array(written.map(JSONValue.string))),
                 JSONMember(key: "tensors", value: .integer(checkpoint.entries.count)),
                 JSONMember(key: "bytes", value: .integer(outputBytes)),
                 JSONMember(key: "seconds", value: .double(seconds)),
-            ]).serialized())
+            ]))
         } else if !report.quiet {
-            StandardError.write(String(format: "wrote %@: %d tensors, %@ in %.2f s\n", output, checkpoint.entries.count, ProgressBar.formatBytes(Double(outputBytes)), seconds))
+            Report.note(String(format: "wrote %@: %d tensors, %@ in %.2f s", output, checkpoint.entries.count, ProgressBar.formatBytes(Double(outputBytes)), seconds))
         }
     }
 }

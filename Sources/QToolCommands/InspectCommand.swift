@@ -20,10 +20,14 @@ struct InspectCommand: ParsableCommand {
     @Flag(help: "Print a JSON report instead of a table.")
     var json = false
 
+    func validate() throws {
+        try PathArguments.validate([("PATH", path)])
+    }
+
     func run() throws {
         let checkpoint = try Checkpoint.open(path)
         let report = InspectReport(checkpoint)
-        print(json ? report.json().serialized() : report.table())
+        if json { Report.printJSON(report.json()) } else { print(report.table()) }
     }
 }
 
@@ -92,15 +96,17 @@ struct InspectReport {
 
     func table() -> String {
         var lines: [String] = []
-        lines.append("\(path): \(format)" + (files.isEmpty ? "" : ", \(files.count) shards"))
+        // Names and metadata come from the file: escaped, so none acts on the terminal.
+        let text = TerminalText.escaped
+        lines.append("\(text(path, false)): \(format)" + (files.isEmpty ? "" : ", \(files.count) shards"))
         if let metadata, !metadata.isEmpty {
             // A long value (an HDF5 layout, a model config) is cut: --json has it whole.
             lines.append("metadata: " + metadata.map { item in
-                "\(item.key)=" + (item.value.count > 80 ? "\(item.value.prefix(60))… (\(item.value.count) characters)" : item.value)
+                "\(text(item.key, false))=" + text(item.value.count > 80 ? "\(item.value.prefix(60))… (\(item.value.count) characters)" : item.value, false)
             }.joined(separator: ", "))
         }
         var header = ["name", "dtype", "shape", "parameters", "bytes"]
-        var cells = rows.map { [$0.name, $0.dtype.rawValue, $0.shape.description, grouped($0.parameters), grouped($0.bytes)] }
+        var cells = rows.map { [text($0.name, false), $0.dtype.rawValue, $0.shape.description, grouped($0.parameters), grouped($0.bytes)] }
         if isQuantized {
             header.append("stored as")
             for (index, row) in rows.enumerated() { cells[index].append(row.quantization ?? "as is") }

@@ -44,31 +44,45 @@ struct MergeCommand: ParsableCommand {
     @Flag(help: "List the tensors that would change and the scale applied; write nothing.")
     var dryRun = false
 
-    @Option(help: "Threads for the kernels (default: all cores).")
-    var threads: Int?
+    @OptionGroup var threading: ThreadOptions
 
     @OptionGroup var report: ReportOptions
 
     func validate() throws {
         guard !adapters.isEmpty else { throw ValidationError("give at least one --adapter") }
+        try PathArguments.validate([("BASE", base)] + (output.map { [("--output", $0)] } ?? []))
+        for spec in adapters { _ = try AdapterFolder.parseSpec(spec) }
         guard dryRun || output != nil else { throw ValidationError("--output is required (or use --dry-run)") }
         if let format {
-            guard ["safetensors", "nf4", "bnb"].contains(format) else { throw ValidationError("--format must be safetensors, nf4 or bnb") }
+            guard let parsed = OutputFormat(rawValue: format) else { throw ValidationError("--format must be safetensors, nf4 or bnb") }
             if format != "safetensors" && floats.dtype != nil {
                 throw ValidationError("--dtype applies to float output, not --format \(format)")
             }
+            if let output { try parsed.checkOutputName(output) }
         }
         try floats.validate()
         if let output { try floats.validate(output: output) }
-        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
     }
 
     enum OutputFormat: String {
         case safetensors, nf4, bnb
+
+        /// An OUTPUT whose name says another format is a mistake, not a wish.
+        func checkOutputName(_ output: String) throws {
+            if output.hasSuffix(".h5") || output.hasSuffix(".hdf5") {
+                throw ValidationError("OUTPUT '\(output)' names an HDF5 file; merge writes safetensors, .nf4 or bitsandbytes outputs")
+            }
+            if self == .nf4, output.hasSuffix(".safetensors") {
+                throw ValidationError("--format nf4 writes a .nf4 file, but OUTPUT '\(output)' names a .safetensors file")
+            }
+            if self != .nf4, output.hasSuffix(".nf4") {
+                throw ValidationError("OUTPUT '\(output)' ends in .nf4 but --format is \(rawValue); use --format nf4 or another name")
+            }
+        }
     }
 
     func run() throws {
-        if let threads { ParallelismSettings.threadCount = threads }
+        threading.apply()
         let started = Date()
         let specs = try adapters.map(AdapterFolder.parseSpec)
         let loaded = try specs.map { (adapter: try AdapterFolder.load($0.path), weight: $0.weight) }
@@ -77,14 +91,13 @@ struct MergeCommand: ParsableCommand {
         if dryRun { return printPlan(plan, checkpoint: checkpoint, adapters: loaded) }
 
         let output = output!
-        let format = format.flatMap(OutputFormat.init(rawValue:)) ?? defaultFormat(checkpoint)
+        let format = format.flatMap(OutputFormat.init(rawValue:)) ?? defaultFormat(checkpoint, output: output)
+        try format.checkOutputName(output)
         let target: OutputTarget
         switch format {
         case .nf4: target = .nf4(output)
         case .bnb: target = output.hasSuffix(".safetensors") ? .safetensorsFile(output) : .folder(output)
-        case .safetensors:
-            guard !output.hasSuffix(".nf4") else { throw ValidationError("OUTPUT ends in .nf4 but the output format is safetensors; add --format nf4") }
-            target = OutputTarget(output)
+        case .safetensors: target = OutputTarget(output)
         }
         let castTo = floats.targetDType
         let total = checkpoint.entries.reduce(0) { $0 + $1.storedBytes }
@@ -110,16 +123,16 @@ struct MergeCommand: ParsableCommand {
                 // in float32, quantize the float32 result with the same settings.
                 let restored = q.dequantized(to: Self.floatType(q.originalDType))
                 if format == .safetensors {
-                    return .plain(MergedTensor(base: restored, merge: change, dtype: castTo ?? Self.floatType(q.originalDType)))
+                    return .plain(try MergedTensor(base: restored, merge: change, dtype: castTo ?? Self.floatType(q.originalDType), name: entry.name))
                 }
-                let merged = try MergedTensor(base: restored, merge: change, dtype: .f32).materialized()
+                let merged = try MergedTensor(base: restored, merge: change, dtype: .f32, name: entry.name).materialized()
                 progress.advance(by: q.storedBytes)
                 return .quantized(try quantize(merged, entry.name, type: q.quantType, blocksize: q.blocksize, double: q.isDoubleQuantized))
             case .plain(let tensor):
                 let dtype = tensor.dtype.isFloatingPoint ? (castTo ?? tensor.dtype) : tensor.dtype
                 let payload: any TensorPayload
                 if let change {
-                    payload = MergedTensor(base: tensor, merge: change, dtype: dtype)
+                    payload = try MergedTensor(base: tensor, merge: change, dtype: dtype, name: entry.name)
                 } else if dtype != tensor.dtype, let cast = CastTensor(tensor, to: dtype) {
                     payload = cast
                 } else {
@@ -136,7 +149,7 @@ struct MergeCommand: ParsableCommand {
         progress.finish()
         let seconds = Date().timeIntervalSince(started)
         if report.json {
-            print(JSONValue.object([
+            Report.printJSON(JSONValue.object([
                 JSONMember(key: "base", value: .string(base)),
                 JSONMember(key: "adapters", value: .array(loaded.map { adapterJSON($0.adapter, weight: $0.weight) })),
                 JSONMember(key: "output", value: .string(output)),
@@ -145,15 +158,17 @@ struct MergeCommand: ParsableCommand {
                 JSONMember(key: "tensors", value: .integer(checkpoint.entries.count)),
                 JSONMember(key: "changed_tensors", value: .integer(changed)),
                 JSONMember(key: "seconds", value: .double(seconds)),
-            ]).serialized())
+            ]))
         } else if !report.quiet {
-            StandardError.write(String(
-                format: "wrote %@: %d adapter%@ merged into %d of %d tensors (%@) in %.2f s\n", output, loaded.count,
+            Report.note(String(
+                format: "wrote %@: %d adapter%@ merged into %d of %d tensors (%@) in %.2f s", output, loaded.count,
                 loaded.count == 1 ? "" : "s", changed, checkpoint.entries.count, format.rawValue, seconds))
         }
     }
 
-    private func defaultFormat(_ checkpoint: Checkpoint) -> OutputFormat {
+    /// The base's own format, unless --dtype asks for floats or OUTPUT's name says .nf4.
+    private func defaultFormat(_ checkpoint: Checkpoint, output: String) -> OutputFormat {
+        if output.hasSuffix(".nf4") && floats.dtype == nil { return .nf4 }
         guard checkpoint.isQuantized, floats.dtype == nil else { return .safetensors }
         return checkpoint.format == "nf4" ? .nf4 : .bnb
     }
@@ -192,7 +207,7 @@ struct MergeCommand: ParsableCommand {
             rows.append((entry.name, changes))
         }
         if report.json {
-            print(JSONValue.object([
+            Report.printJSON(JSONValue.object([
                 JSONMember(key: "base", value: .string(base)),
                 JSONMember(key: "adapters", value: .array(adapters.map { adapterJSON($0.adapter, weight: $0.weight) })),
                 JSONMember(key: "changes", value: .array(rows.map { row in
@@ -207,13 +222,13 @@ struct MergeCommand: ParsableCommand {
                         })),
                     ])
                 })),
-            ]).serialized())
+            ]))
             return
         }
         for (index, item) in adapters.enumerated() {
-            print("adapter \(index): \(item.adapter.path) (\(item.adapter.layout.rawValue), weight \(Self.format(item.weight)))")
+            print("adapter \(index): \(TerminalText.escaped(item.adapter.path)) (\(item.adapter.layout.rawValue), weight \(Self.format(item.weight)))")
         }
-        let width = rows.map(\.name.count).max() ?? 0
+        let width = rows.map { TerminalText.escaped($0.name).count }.max() ?? 0
         for row in rows {
             let text = row.changes.map { change in
                 var words = "\(change.kind)"
@@ -221,7 +236,7 @@ struct MergeCommand: ParsableCommand {
                 if let scale = change.scale { words += " scale \(Self.format(scale))" }
                 return words + (adapters.count > 1 ? " (adapter \(change.adapter))" : "")
             }.joined(separator: ", ")
-            print(row.name.padding(toLength: width, withPad: " ", startingAt: 0) + "  " + text)
+            print(TerminalText.escaped(row.name).padding(toLength: width, withPad: " ", startingAt: 0) + "  " + text)
         }
         print("\(rows.count) of \(checkpoint.entries.count) tensors would change")
     }
@@ -238,12 +253,18 @@ enum AdapterFolder {
     static let mlxWeights = "adapters.safetensors"
     static let configName = "adapter_config.json"
 
-    /// Splits `DIR=WEIGHT` at its last `=` (a path that exists as given keeps its `=`).
+    /// Splits `DIR=WEIGHT` at its last `=` (a path that exists as given keeps its `=`). A weight
+    /// that is not a finite float32 number is an argument mistake.
     static func parseSpec(_ spec: String) throws -> (path: String, weight: Float) {
+        guard !spec.isEmpty else { throw ValidationError("--adapter needs a folder, not an empty string") }
         guard let equals = spec.lastIndex(of: "="), !FilePaths.exists(spec) else { return (spec, 1) }
         let path = String(spec[..<equals])
         let text = String(spec[spec.index(after: equals)...])
-        guard let weight = Double(text), weight.isFinite else { throw LoRAError.invalidWeight(path: path, text: text) }
+        guard !path.isEmpty else { throw ValidationError("--adapter '\(spec)' has a weight but no folder") }
+        guard let weight = Double(text), weight.isFinite else {
+            throw ValidationError("--adapter '\(spec)': the weight '\(text)' is not a number (DIR=WEIGHT, e.g. \(path)=0.5)")
+        }
+        guard Float(weight).isFinite else { throw ValidationError("--adapter '\(spec)': the weight \(text) is beyond float32's range") }
         return (path, Float(weight))
     }
 
@@ -252,6 +273,10 @@ enum AdapterFolder {
         let folder = FilePaths.isDirectory(path) ? path : FilePaths.directory(of: path)
         let weights: String
         if !FilePaths.isDirectory(path) {
+            guard path.hasSuffix(".safetensors") else {
+                let hint = FilePaths.lastComponent(of: path) == configName ? " (give its folder, '\(folder)')" : ""
+                throw LoRAError.missingFile(path: path, problem: "--adapter takes an adapter folder (or its .safetensors weights), not this file\(hint)")
+            }
             weights = path
         } else if FilePaths.exists(folder + "/" + peftWeights) {
             weights = folder + "/" + peftWeights

@@ -40,3 +40,28 @@ struct ReportOptions: ParsableArguments {
     @Flag(help: "Print a JSON report on standard output.")
     var json = false
 }
+
+/// `--threads`, shared by the commands that run kernels. The value is taken as given, so
+/// `--threads -1` is refused as a number below 1 rather than read as an unknown option.
+struct ThreadOptions: ParsableArguments {
+    @Option(parsing: .unconditional, help: "Threads for the kernels (default: all cores).")
+    var threads: Int?
+
+    func validate() throws {
+        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1, not \(threads)") }
+    }
+
+    /// Sets the kernels' thread count (before any work starts).
+    func apply() {
+        if let threads { ParallelismSettings.threadCount = threads }
+    }
+}
+
+/// Checks of path arguments that need no file system.
+enum PathArguments {
+    static func validate(_ paths: [(name: String, value: String)]) throws {
+        for (name, value) in paths where value.isEmpty {
+            throw ValidationError("\(name) is an empty path")
+        }
+    }
+}

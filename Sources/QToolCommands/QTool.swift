@@ -50,7 +50,7 @@ public struct QTool: ParsableCommand {
             if code == .success {
                 print(fullMessage(for: error))
             } else {
-                StandardError.write(fullMessage(for: error) + "\n")
+                StandardError.write(TerminalText.escaped(fullMessage(for: error), keepingNewlines: true) + "\n")
             }
             return code.rawValue
         }
@@ -64,6 +64,23 @@ public struct QTool: ParsableCommand {
         _ = qtool_mallopt(-3, 64 << 20)  // M_MMAP_THRESHOLD
         _ = qtool_mallopt(-1, 128 << 20)  // M_TRIM_THRESHOLD
         Glibc.exit(run())
+    }
+}
+
+/// Reports: JSON on standard output, summaries and warnings on standard error, with every string
+/// that came from a file or the command line escaped for the terminal.
+enum Report {
+    static func printJSON(_ value: JSONValue) {
+        print(value.serialized(style: .report))
+    }
+
+    /// A summary line on standard error.
+    static func note(_ line: String) {
+        StandardError.write(TerminalText.escaped(line) + "\n")
+    }
+
+    static func warning(_ path: String, _ problem: String) {
+        note("warning: \(path): \(problem)")
     }
 }
 

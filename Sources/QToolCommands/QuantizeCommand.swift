@@ -29,7 +29,7 @@ struct QuantizeCommand: ParsableCommand {
     @Option(help: "nf4 or fp4.")
     var quantType: String = "nf4"
 
-    @Option(help: "Elements per block: a power of two from 32 to 4096.")
+    @Option(parsing: .unconditional, help: "Elements per block: a power of two from 32 to 4096.")
     var blocksize: Int = 64
 
     @Flag(help: "Keep block scales in float32 instead of quantizing them to 8 bits.")
@@ -44,11 +44,10 @@ struct QuantizeCommand: ParsableCommand {
     @Option(help: "Compress .nf4 sections: zstd or zstd:LEVEL.")
     var compress: String?
 
-    @Option(help: "Threads for the kernels (default: all cores).")
-    var threads: Int?
+    @OptionGroup var threading: ThreadOptions
 
-    @Option(help: "nf4 (a .nf4 container) or bnb (a bitsandbytes model folder).")
-    var format: String = "nf4"
+    @Option(help: "nf4 (a .nf4 container) or bnb (a bitsandbytes model folder or .safetensors file). Default: bnb for an OUTPUT ending in .safetensors or an existing folder, else nf4.")
+    var format: String?
 
     @Flag(help: "Also measure the error of the 4-bit weights against the source (slower).")
     var error = false
@@ -56,17 +55,32 @@ struct QuantizeCommand: ParsableCommand {
     @OptionGroup var report: ReportOptions
 
     func validate() throws {
+        try PathArguments.validate([("INPUT", input), ("OUTPUT", output)])
         guard QuantType(rawValue: quantType) != nil else { throw ValidationError("--quant-type must be nf4 or fp4") }
         guard BlockwiseQuantizer.validBlocksizes.contains(blocksize) else {
-            throw ValidationError("--blocksize must be a power of two from 32 to 4096")
+            throw ValidationError("--blocksize must be a power of two from 32 to 4096, not \(blocksize)")
         }
-        guard ["nf4", "bnb"].contains(format) else { throw ValidationError("--format must be nf4 or bnb") }
+        if let format, !["nf4", "bnb"].contains(format) { throw ValidationError("--format must be nf4 or bnb") }
+        if output.hasSuffix(".h5") || output.hasSuffix(".hdf5") {
+            throw ValidationError("OUTPUT '\(output)' names an HDF5 file; quantize writes a .nf4 file or a bitsandbytes folder")
+        }
+        if format == "nf4", output.hasSuffix(".safetensors") || FilePaths.isDirectory(output) {
+            throw ValidationError("--format nf4 writes a .nf4 file, but OUTPUT '\(output)' is a .safetensors name or a folder; use --format bnb")
+        }
+        if format == "bnb", output.hasSuffix(".nf4") {
+            throw ValidationError("OUTPUT '\(output)' ends in .nf4 but --format is bnb; use --format nf4 or another name")
+        }
         if let compress {
-            guard format == "nf4", Self.compressionLevel(compress) != nil else {
+            guard outputFormat == "nf4", Self.compressionLevel(compress) != nil else {
                 throw ValidationError("--compress takes zstd or zstd:LEVEL (1-22), for --format nf4")
             }
         }
-        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
+    }
+
+    /// The format asked for, or the one OUTPUT's name implies.
+    var outputFormat: String {
+        if let format { return format }
+        return output.hasSuffix(".safetensors") || FilePaths.isDirectory(output) ? "bnb" : "nf4"
     }
 
     static func compressionLevel(_ text: String) -> Int32? {
@@ -76,13 +90,14 @@ struct QuantizeCommand: ParsableCommand {
     }
 
     func run() throws {
-        if let threads { ParallelismSettings.threadCount = threads }
+        threading.apply()
         let started = Date()
         let checkpoint = try Checkpoint.open(input)
         let type = QuantType(rawValue: quantType)!
         let selection = TensorSelection(include: include, skip: skip)
         let sourceBytes = checkpoint.entries.reduce(0) { $0 + $1.storedBytes }
         let progress = ProgressBar(label: "quantize", total: sourceBytes, quiet: report.quiet)
+        let format = outputFormat
         let target: OutputTarget
         if format == "nf4" {
             target = .nf4(output)
@@ -128,7 +143,7 @@ struct QuantizeCommand: ParsableCommand {
         let seconds = Date().timeIntervalSince(started)
         let bits = parameters == 0 ? 0 : Double(storedBytes * 8) / Double(parameters)
         if report.json {
-            print(JSONValue.object([
+            Report.printJSON(JSONValue.object([
                 JSONMember(key: "input", value: .string(input)),
                 JSONMember(key: "output", value: .string(output)),
                 JSONMember(key: "format", value: .string(format)),
@@ -143,13 +158,13 @@ struct QuantizeCommand: ParsableCommand {
                 JSONMember(key: "stored_bytes", value: .integer(storedBytes)),
                 JSONMember(key: "bits_per_parameter", value: .double((bits * 1000).rounded() / 1000)),
                 JSONMember(key: "seconds", value: .double(seconds)),
-            ] + (error ? [JSONMember(key: "error", value: errorStats.json)] : [])).serialized())
+            ] + (error ? [JSONMember(key: "error", value: errorStats.json)] : [])))
         } else if !report.quiet {
-            StandardError.write(String(
-                format: "wrote %@: %d of %d tensors quantized (%@ %@), %@ from %@, %.3f bits per parameter, %.2f s\n",
+            Report.note(String(
+                format: "wrote %@: %d of %d tensors quantized (%@ %@), %@ from %@, %.3f bits per parameter, %.2f s",
                 output, quantizedCount, checkpoint.entries.count, type.rawValue, noDoubleQuant ? "" : "+ double quant",
                 ProgressBar.formatBytes(Double(storedBytes)), ProgressBar.formatBytes(Double(originalBytes)), bits, seconds))
-            if error { StandardError.write(errorStats.summary + "\n") }
+            if error { Report.note(errorStats.summary) }
         }
     }
 }

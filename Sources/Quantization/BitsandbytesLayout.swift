@@ -65,7 +65,22 @@ public enum BitsandbytesLayout {
             guard let type = QuantType(rawValue: String(name[range.upperBound...])) else {
                 throw .invalidLayout(tensor: name, problem: "unknown quant type '\(name[range.upperBound...])'")
             }
+            if let other = stateOf[base] {
+                throw .invalidLayout(tensor: base, problem: "has two quant_states, '\(other.key)' and '\(name)'")
+            }
             stateOf[base] = (type, name)
+        }
+        // Every quant_state needs its packed codes, and every part of the layout its quant_state:
+        // otherwise a weight would silently vanish, or its raw codes pass for a plain tensor.
+        for (base, state) in stateOf where tensors[base] == nil {
+            throw .invalidLayout(tensor: base, problem: "its packed 4-bit codes are missing (only '\(state.key)' and its scales are there)")
+        }
+        for name in tensors.names {
+            guard let suffix = suffixes.first(where: { name.hasSuffix($0) }) else { continue }
+            let base = String(name.dropLast(suffix.count))
+            if stateOf[base] == nil {
+                throw .invalidLayout(tensor: name, problem: "is part of the bitsandbytes layout but '\(base)' has no quant_state")
+            }
         }
         var owned = Set<String>()
         for (base, state) in stateOf {
@@ -102,9 +117,11 @@ public enum BitsandbytesLayout {
         guard let blocksize = state["blocksize"]?.integerValue, BlockwiseQuantizer.validBlocksizes.contains(blocksize) else {
             throw fail("quant_state blocksize is missing or unsupported")
         }
-        guard let dims = state["shape"]?.arrayValues?.compactMap(\.integerValue), dims.allSatisfy({ $0 >= 0 }),
-            let count = Shape(dims).checkedElementCount
-        else { throw fail("quant_state shape is missing or invalid") }
+        guard let entries = state["shape"]?.arrayValues else { throw fail("quant_state shape is missing") }
+        let dims = entries.compactMap(\.integerValue)
+        guard dims.count == entries.count, dims.allSatisfy({ $0 >= 0 }), let count = Shape(dims).checkedElementCount, count < Int.max / 2 else {
+            throw fail("quant_state shape \(entries.map { $0.compactSerialized() }) is not a list of non-negative integers of a valid size")
+        }
         guard let dtypeName = state["dtype"]?.stringValue, let dtype = DType.allCases.first(where: { $0.torchName == dtypeName }),
             [.f32, .f16, .bf16, .f64].contains(dtype)
         else { throw fail("quant_state dtype is missing or not a float type") }
@@ -116,9 +133,12 @@ public enum BitsandbytesLayout {
         guard map.count == 16, zip(map, type.code).allSatisfy({ $0 == $1 }) else {
             throw fail("quant_map is not the standard \(type.rawValue) table")
         }
-        let blocks = (count + blocksize - 1) / blocksize
+        let blocks = count / blocksize + (count % blocksize == 0 ? 0 : 1)
         let absmax: QuantizedTensor.Absmax
-        if let offsetValue = state["nested_offset"]?.doubleValue {
+        if let offsetEntry = state["nested_offset"] {
+            guard let offsetValue = offsetEntry.doubleValue, Float(offsetValue).isFinite else {
+                throw fail("quant_state nested_offset \(offsetEntry.compactSerialized()) is not a finite float32 number")
+            }
             guard state["nested_blocksize"]?.integerValue == DoubleQuantizedAbsmax.nestedBlocksize else {
                 throw fail("nested_blocksize must be \(DoubleQuantizedAbsmax.nestedBlocksize)")
             }
@@ -138,7 +158,9 @@ public enum BitsandbytesLayout {
             absmax = .plain(scales)
         }
         let flatPacked = Tensor(dtype: .u8, shape: [packed.byteCount], storage: packed.storage)
-        return QuantizedTensor(quantType: type, blocksize: blocksize, shape: Shape(dims), originalDType: dtype, packed: flatPacked, absmax: absmax)
+        let quantized = QuantizedTensor(quantType: type, blocksize: blocksize, shape: Shape(dims), originalDType: dtype, packed: flatPacked, absmax: absmax)
+        try quantized.checkScales(name: base)
+        return quantized
     }
 
     /// The `quantization_config` transformers writes into config.json for these settings.

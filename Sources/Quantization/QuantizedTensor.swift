@@ -68,6 +68,16 @@ public struct QuantizedTensor: Sendable {
             quantType: type, blocksize: blocksize, shape: source.shape, originalDType: source.dtype, packed: packed, absmax: absmax)
     }
 
+    /// Refuses block scales that would dequantize to NaN or infinity (a file that was damaged or
+    /// made to mislead: bitsandbytes would restore such weights without a word).
+    public func checkScales(name: String) throws(QuantizationError) {
+        if case .double(_, _, let offset, _) = absmax, !offset.isFinite {
+            throw .invalidLayout(tensor: name, problem: "the double-quantization offset is \(offset)")
+        }
+        guard let bad = blockScales().firstIndex(where: { !$0.isFinite }) else { return }
+        throw .invalidLayout(tensor: name, problem: "block \(bad) has a scale that is not a finite number")
+    }
+
     /// The float32 block scales (undoing double quantization).
     public func blockScales() -> [Float] {
         switch absmax {

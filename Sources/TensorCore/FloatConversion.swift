@@ -15,8 +15,10 @@ public enum FloatConversion {
         source == target || (decodable.contains(source) && encodable.contains(target))
     }
 
-    static let decodable: Set<DType> = [.f64, .f32, .f16, .bf16, .f8E4M3, .f8E5M2, .f8E4M3FNUZ, .f8E5M2FNUZ, .f8E8M0]
-    static let encodable: Set<DType> = [.f32, .f16, .bf16]
+    /// The types whose elements widen to float32 (the sub-byte MX types F4/F6 do not).
+    public static let decodable: Set<DType> = [.f64, .f32, .f16, .bf16, .f8E4M3, .f8E5M2, .f8E4M3FNUZ, .f8E5M2FNUZ, .f8E8M0]
+    /// The types float32 values are written as.
+    public static let encodable: Set<DType> = [.f64, .f32, .f16, .bf16]
 
     /// Index of the first element of a tensor of `total` elements that torch converts with its
     /// scalar loop (whose NaN patterns differ); `total` when none is.
@@ -112,8 +114,30 @@ public enum FloatConversion {
         case .f16:
             let p = destination.assumingMemoryBound(to: UInt16.self) + start
             for i in 0..<count { p[i] = f16Bits(fromF32: bits[i]) }
+        case .f64:
+            // Widening is exact.
+            let p = destination.assumingMemoryBound(to: Double.self) + start
+            for i in 0..<count { p[i] = Double(Float(bitPattern: bits[i])) }
         default:
             preconditionFailure("no encoding into \(type)")
+        }
+    }
+
+    /// Whether elements `start..<start+count` of `source` (f64, f32, f16 or bf16) are all finite:
+    /// no exponent of all ones. Branch-free, so the loops vectorize.
+    public static func allFinite(_ source: UnsafeRawPointer, _ type: DType, from start: Int, count: Int) -> Bool {
+        @inline(__always) func none<T: FixedWidthInteger>(_: T.Type, exponent: T) -> Bool {
+            let p = source.assumingMemoryBound(to: T.self) + start
+            var bad: T = 0
+            for i in 0..<count { bad |= (p[i] & exponent) == exponent ? 1 : 0 }
+            return bad == 0
+        }
+        switch type {
+        case .f32: return none(UInt32.self, exponent: 0x7F80_0000)
+        case .bf16: return none(UInt16.self, exponent: 0x7F80)
+        case .f16: return none(UInt16.self, exponent: 0x7C00)
+        case .f64: return none(UInt64.self, exponent: 0x7FF0_0000_0000_0000)
+        default: return true
         }
     }
 
@@ -230,7 +254,7 @@ extension FloatConversion {
     }
 
     /// Narrows float32 values into elements `start..<start+count` of `destination` (f32, f16 or
-    /// bf16), rounding to nearest even.
+    /// bf16, rounding to nearest even; or f64, exactly).
     @inlinable
     public static func encodeFromFloat32(
         _ values: UnsafePointer<Float>, count: Int, into destination: UnsafeMutableRawPointer, _ type: DType, at start: Int

@@ -6,6 +6,9 @@ public enum JSONStyle: Sendable {
     /// Python's `json.dumps` defaults (`ensure_ascii=True`): everything outside printable ASCII is
     /// escaped as `\uXXXX`.
     case python
+    /// Reports printed on a terminal: serde's, and also DEL, C1 controls, line separators and
+    /// bidirectional overrides escaped, so no string from a file acts on the terminal.
+    case report
 }
 
 extension JSONStyle {
@@ -22,7 +25,7 @@ extension JSONStyle {
             case "\u{08}": out += "\\b"
             case "\u{0C}": out += "\\f"
             default:
-                if scalar.value < 0x20 || (self == .python && scalar.value >= 0x7F) {
+                if scalar.value < 0x20 || (self == .python && scalar.value >= 0x7F) || (self == .report && TerminalText.needsEscape(scalar)) {
                     if scalar.value > 0xFFFF {
                         // Python escapes astral characters as a UTF-16 surrogate pair.
                         let v = scalar.value - 0x10000

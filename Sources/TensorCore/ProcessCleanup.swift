@@ -47,11 +47,13 @@ public enum ProcessCleanup {
 /// characters, C1 controls, DEL, line separators and bidirectional overrides are shown as escapes
 /// (`\x1b`, `\u{202e}`) instead of acting on the terminal.
 public enum TerminalText {
-    public static func escaped(_ text: String) -> String {
-        guard text.unicodeScalars.contains(where: needsEscape) else { return text }
+    /// `keepingNewlines` leaves line feeds as they are (for multi-line messages qtool wrote).
+    public static func escaped(_ text: String, keepingNewlines: Bool = false) -> String {
+        func escape(_ scalar: Unicode.Scalar) -> Bool { needsEscape(scalar) && !(keepingNewlines && scalar == "\n") }
+        guard text.unicodeScalars.contains(where: escape) else { return text }
         var out = ""
         for scalar in text.unicodeScalars {
-            if needsEscape(scalar) {
+            if escape(scalar) {
                 let hex = String(scalar.value, radix: 16)
                 out += scalar.value < 0x100 ? "\\x" + String(repeating: "0", count: 2 - hex.count) + hex : "\\u{\(hex)}"
             } else {
@@ -61,7 +63,7 @@ public enum TerminalText {
         return out
     }
 
-    static func needsEscape(_ scalar: Unicode.Scalar) -> Bool {
+    public static func needsEscape(_ scalar: Unicode.Scalar) -> Bool {
         switch scalar.value {
         case 0x00...0x1F, 0x7F...0x9F: true
         case 0x2028, 0x2029, 0x200E, 0x200F, 0x202A...0x202E, 0x2066...0x2069, 0x061C: true

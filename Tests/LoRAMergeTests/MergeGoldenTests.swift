@@ -106,7 +106,7 @@ struct MergeGoldenTests {
         let adapters = [(adapter: try Self.adapter("dora"), weight: Float(1)), (adapter: try Self.adapter("lora"), weight: Float(0.5))]
         let plan = try MergePlan(adapters: adapters, base: base.entries.map { ($0.name, $0.tensor.dtype, $0.tensor.shape) })
         let name = "model.layers.2.self_attn.q_proj.weight"
-        let merged = MergedTensor(base: base[name]!, merge: plan.changes[name]!, dtype: .f32)
+        let merged = try MergedTensor(base: base[name]!, merge: plan.changes[name]!, dtype: .f32)
         var pieces: [UInt8] = []
         try merged.stream(chunkBytes: chunkBytes) { pieces += $0 }
         let whole = try merged.materialized()

@@ -169,7 +169,6 @@ struct MergeCommandTests {
     }
 
     @Test(arguments: [
-        (["--adapter", Fixtures.path("lora/lora") + "=heavy"], "adapter weight 'heavy' is not a number"),
         (["--adapter", "/no/such/adapter"], "no such adapter folder"),
         (["--adapter", Fixtures.path("lora/gpt2-conv1d")], "module 'transformer.h.0.attn.c_attn' is not in the base"),
     ])

@@ -22,6 +22,7 @@ static inline hid_t qtool_H5T_NATIVE_UINT64(void) { return H5T_NATIVE_UINT64; }
 static inline hid_t qtool_H5T_C_S1(void) { return H5T_C_S1; }
 static inline hid_t qtool_H5P_DATASET_CREATE(void) { return H5P_DATASET_CREATE; }
 static inline hid_t qtool_H5P_LINK_CREATE(void) { return H5P_LINK_CREATE; }
+static inline hid_t qtool_H5P_FILE_ACCESS(void) { return H5P_FILE_ACCESS; }
 
 static inline hid_t qtool_H5T_IEEE_F32LE(void) { return H5T_IEEE_F32LE; }
 static inline hid_t qtool_H5T_IEEE_F64LE(void) { return H5T_IEEE_F64LE; }

@@ -135,39 +135,58 @@ public struct HDF5Layout: Sendable, Equatable {
 
 /// Reading and writing attributes through libhdf5 (called with the library lock held).
 enum HDF5Attributes {
-    static func read(_ object: hid_t) -> [HDF5Attribute] {
+    /// The attributes of `object`. One libhdf5 cannot read is an error (nothing is dropped
+    /// silently); one of a type qtool does not carry (compound, reference, …) is skipped and
+    /// listed in `skipped`. Every size is checked before anything is allocated for it.
+    static func read(_ object: hid_t, objectPath: String, file: String, skipped: inout [HDF5Skipped]) throws(HDF5Error) -> [HDF5Attribute] {
+        var info = H5O_info_t()
+        guard H5Oget_info2(object, &info, UInt32(H5O_INFO_NUM_ATTRS)) >= 0 else {
+            throw .cannotRead(path: file, object: objectPath, reason: HDF5.lastError())
+        }
         var out: [HDF5Attribute] = []
-        var index: hsize_t = 0
-        while true {
+        for index in 0..<info.num_attrs {
             let id = H5Aopen_by_idx(object, ".", H5_INDEX_NAME, H5_ITER_INC, index, HDF5.defaultProperties, HDF5.defaultProperties)
-            if id < 0 {
-                H5Eclear2(0)
-                break
-            }
-            index += 1
+            guard id >= 0 else { throw .cannotRead(path: file, object: "\(objectPath) attribute #\(index)", reason: HDF5.lastError()) }
             let attribute = HDF5Handle(id, .attribute)
             let nameLength = H5Aget_name(attribute.id, 0, nil)
-            var nameBuffer = [CChar](repeating: 0, count: max(0, Int(nameLength)) + 1)
+            guard nameLength >= 0, nameLength < 1 << 16 else {
+                throw .cannotRead(path: file, object: "\(objectPath) attribute #\(index)", reason: "its name cannot be read")
+            }
+            var nameBuffer = [CChar](repeating: 0, count: Int(nameLength) + 1)
             H5Aget_name(attribute.id, nameBuffer.count, &nameBuffer)
             let name = HDF5.string(nameBuffer)
+            let where_ = "\(objectPath) attribute '\(name)'"
+            func fail(_ reason: String) -> HDF5Error { .cannotRead(path: file, object: where_, reason: reason) }
             let type = HDF5Handle(H5Aget_type(attribute.id), .datatype)
             let space = HDF5Handle(H5Aget_space(attribute.id), .dataspace)
+            guard type.id >= 0, space.id >= 0 else { throw fail(HDF5.lastError()) }
             var shape: [Int] = []
-            if H5Sget_simple_extent_type(space.id) == H5S_SIMPLE {
-                var dims = [hsize_t](repeating: 0, count: Int(H5Sget_simple_extent_ndims(space.id)))
+            switch H5Sget_simple_extent_type(space.id) {
+            case H5S_SIMPLE:
+                let rank = Int(H5Sget_simple_extent_ndims(space.id))
+                guard rank >= 0, rank <= 32 else { throw fail("a dataspace of rank \(rank)") }
+                var dims = [hsize_t](repeating: 0, count: rank)
                 H5Sget_simple_extent_dims(space.id, &dims, nil)
-                shape = dims.map { Int(clamping: $0) }
-            } else if H5Sget_simple_extent_type(space.id) != H5S_SCALAR {
+                for dim in dims {
+                    guard let value = Int(exactly: dim) else { throw fail("a dimension of \(dim)") }
+                    shape.append(value)
+                }
+            case H5S_SCALAR: break
+            default:
+                skipped.append(HDF5Skipped(kind: .attribute, path: objectPath, name: name, reason: "has no value (a null dataspace)"))
                 continue
             }
-            let count = shape.reduce(1, *)
+            let elementSize = H5Tget_size(type.id)
+            guard let count = CheckedSize.product(shape), let bytes = CheckedSize.multiply(count, max(elementSize, 1)),
+                bytes <= HDF5Limits.maximumAttributeBytes
+            else { throw fail("declares shape \(shape) of \(elementSize)-byte values, over the limit of \(HDF5Limits.maximumAttributeBytes) bytes") }
             switch HDF5ElementType.of(type.id) {
             case .numeric(let dtype):
                 let memory = HDF5ElementType.memoryType(for: type.id, dtype: dtype)
                 let width = dtype.bitSize / 8
-                var bytes = [UInt8](repeating: 0, count: max(1, count * width))
-                guard H5Aread(attribute.id, memory.id, &bytes) >= 0 else { continue }
-                out.append(HDF5Attribute(name: name, shape: shape, values: .numbers(dtype, numberTexts(bytes, dtype: dtype, count: count))))
+                var values = [UInt8](repeating: 0, count: max(1, count * width))
+                guard H5Aread(attribute.id, memory.id, &values) >= 0 else { throw fail(HDF5.lastError()) }
+                out.append(HDF5Attribute(name: name, shape: shape, values: .numbers(dtype, numberTexts(values, dtype: dtype, count: count))))
             case .string:
                 let utf8 = H5Tget_cset(type.id) == H5T_CSET_UTF8
                 if H5Tis_variable_str(type.id) > 0 {
@@ -175,21 +194,23 @@ enum HDF5Attributes {
                     H5Tset_size(memory.id, qtool_H5T_VARIABLE())
                     H5Tset_cset(memory.id, H5Tget_cset(type.id))
                     var pointers = [UnsafeMutablePointer<CChar>?](repeating: nil, count: max(1, count))
-                    guard H5Aread(attribute.id, memory.id, &pointers) >= 0 else { continue }
+                    guard H5Aread(attribute.id, memory.id, &pointers) >= 0 else { throw fail(HDF5.lastError()) }
                     let strings = pointers.prefix(count).map { $0.map { String(cString: $0) } ?? "" }
                     H5Dvlen_reclaim(memory.id, space.id, HDF5.defaultProperties, &pointers)
+                    guard strings.reduce(0, { $0 + $1.utf8.count }) <= HDF5Limits.maximumAttributeBytes else {
+                        throw fail("its strings take more than \(HDF5Limits.maximumAttributeBytes) bytes")
+                    }
                     out.append(HDF5Attribute(name: name, shape: shape, values: .strings(strings, fixedSize: nil, utf8: utf8)))
                 } else {
-                    let size = H5Tget_size(type.id)
-                    var bytes = [UInt8](repeating: 0, count: max(1, count * size))
-                    guard H5Aread(attribute.id, type.id, &bytes) >= 0 else { continue }
+                    var values = [UInt8](repeating: 0, count: max(1, bytes))
+                    guard H5Aread(attribute.id, type.id, &values) >= 0 else { throw fail(HDF5.lastError()) }
                     let strings = (0..<count).map { i in
-                        String(decoding: bytes[(i * size)..<((i + 1) * size)].prefix { $0 != 0 }, as: UTF8.self)
+                        String(decoding: values[(i * elementSize)..<((i + 1) * elementSize)].prefix { $0 != 0 }, as: UTF8.self)
                     }
-                    out.append(HDF5Attribute(name: name, shape: shape, values: .strings(strings, fixedSize: size, utf8: utf8)))
+                    out.append(HDF5Attribute(name: name, shape: shape, values: .strings(strings, fixedSize: elementSize, utf8: utf8)))
                 }
-            case .other:
-                continue
+            case .other(let what):
+                skipped.append(HDF5Skipped(kind: .attribute, path: objectPath, name: name, reason: "holds \(what), which qtool does not carry"))
             }
         }
         return out

@@ -4,18 +4,24 @@ import TensorCore
 
 /// Errors of HDF5 files: which file, which object, what went wrong (libhdf5's own error stack is
 /// never printed; its innermost message is kept as the reason).
-public enum HDF5Error: FileError, Equatable {
+public enum HDF5Error: FileError, Equatable, Codable {
     case cannotOpen(path: String, reason: String)
     case cannotRead(path: String, object: String, reason: String)
     case cannotWrite(path: String, object: String, reason: String)
     case unsupportedTensor(path: String, tensor: String, problem: String)
     case nameConflict(path: String, first: String, second: String)
     case invalidLayout(path: String, problem: String)
+    /// Data the file keeps in other files (external links, external raw storage, virtual datasets).
+    case external(path: String, object: String, what: String)
+    /// qtool's HDF5 helper process died, stopped answering or answered nonsense (libhdf5 crashed
+    /// or looped on a damaged file).
+    case helperFailed(path: String, object: String, reason: String)
 
     public var path: String {
         switch self {
         case .cannotOpen(let path, _), .cannotRead(let path, _, _), .cannotWrite(let path, _, _),
-            .unsupportedTensor(let path, _, _), .nameConflict(let path, _, _), .invalidLayout(let path, _):
+            .unsupportedTensor(let path, _, _), .nameConflict(let path, _, _), .invalidLayout(let path, _),
+            .external(let path, _, _), .helperFailed(let path, _, _):
             path
         }
     }
@@ -29,6 +35,9 @@ public enum HDF5Error: FileError, Equatable {
         case .nameConflict(_, let first, let second):
             "tensors '\(first)' and '\(second)' cannot both be HDF5 paths (one would be a group and a dataset)"
         case .invalidLayout(_, let problem): "hdf5_layout metadata: \(problem)"
+        case .external(_, let object, let what):
+            "'\(object)' \(what), outside this file; refused (pass --allow-external to read it)"
+        case .helperFailed(_, let object, let reason): "reading '\(object)': \(reason)"
         }
     }
 }
@@ -56,6 +65,14 @@ enum HDF5 {
     }
 
     static var defaultProperties: hid_t { qtool_H5P_DEFAULT() }
+
+    /// File access without libhdf5's own flock: qtool locks its temporaries itself (to tell a
+    /// killed run's leftovers from a write in progress), and reading needs no lock.
+    static func fileAccess() -> HDF5Handle {
+        let properties = HDF5Handle(H5Pcreate(qtool_H5P_FILE_ACCESS()), .propertyList)
+        H5Pset_file_locking(properties.id, false, true)
+        return properties
+    }
 
     /// A NUL-terminated C string in a buffer, as UTF-8.
     static func string(_ buffer: [CChar]) -> String {

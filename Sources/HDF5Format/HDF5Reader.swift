@@ -1,4 +1,3 @@
-import CHDF5
 import Foundation
 import TensorCore
 
@@ -11,6 +10,9 @@ public struct HDF5Dataset: Sendable {
     public let dtype: DType
     public let shape: Shape
     public var byteCount: Int { shape.elementCount * dtype.bitSize / 8 }
+    /// Its position in the file's list, and where its bytes lie when they can be mapped.
+    let index: Int
+    let fileRange: Range<Int>?
 }
 
 /// Which program laid the file out.
@@ -22,171 +24,110 @@ public enum HDF5Kind: String, Sendable {
     case generic = "generic"
 }
 
-/// An HDF5 file opened for reading: its numeric datasets (each read on demand), the datasets it
-/// cannot turn into tensors, and its layout (groups, attributes) for an exact round trip.
+/// An HDF5 file opened for reading: its numeric datasets (each read on demand), what it holds
+/// that qtool does not carry, and its layout (groups, attributes) for an exact round trip.
+///
+/// A contiguous, uncompressed little-endian dataset is mapped from the file where it lies (no
+/// copy; it streams like a safetensors tensor); any other is read through libhdf5 a slab at a
+/// time, which undoes chunking, compression and byte order. With `.helperProcess`, libhdf5 runs
+/// in qtool's HDF5 helper (see `HDF5Containment`).
 public final class HDF5Reader: @unchecked Sendable {
     public let path: String
     public let kind: HDF5Kind
     public let datasets: [HDF5Dataset]
-    /// Datasets that are not numeric (strings, compounds, references, …), with the reason.
-    public let skipped: [(path: String, reason: String)]
+    /// Datasets and attributes qtool does not carry (strings, compounds, references, second
+    /// links to one object, …), with the reason.
+    public let skipped: [HDF5Skipped]
     /// Groups and attributes, and which tensor came from which path (see `HDF5Layout`).
     public let layout: HDF5Layout
-    private let file: HDF5Handle
+    private let mapping: MappedFile
+    private let backend: Backend
 
-    public init(path: String) throws(HDF5Error) {
-        self.path = path
-        let opened: HDF5Handle? = HDF5.locked {
-            let id = H5Fopen(path, qtool_H5F_ACC_RDONLY(), HDF5.defaultProperties)
-            return id < 0 ? nil : HDF5Handle(id, .file)
-        }
-        guard let file = opened else { throw .cannotOpen(path: path, reason: HDF5.locked { HDF5.lastError() }) }
-        self.file = file
-        var walker = TreeWalker(path: path)
-        try HDF5.locked { () throws(HDF5Error) in try walker.walk(file.id, groupPath: "/") }
-        datasets = walker.datasets
-        skipped = walker.skipped
-        layout = HDF5Layout(groups: walker.groups, datasets: walker.datasetLayouts)
-        let root = Set(walker.groups.map(\.path))
-        if root.contains("/layers") && root.contains("/vars") {
-            kind = .keras3
-        } else if root.contains("/model_weights") || walker.groups.first?.attributes.contains(where: { $0.name == "layer_names" }) == true {
-            kind = .kerasLegacy
-        } else {
-            kind = .generic
-        }
+    private enum Backend {
+        case inProcess(HDF5Session)
+        case helper(HDF5HelperProcess)
     }
 
-    /// One dataset as a tensor. A contiguous, uncompressed little-endian dataset is mapped from
-    /// the file where it lies (no copy; it streams like a safetensors tensor); any other is read
-    /// into memory through libhdf5, which undoes chunking, compression and byte order.
-    public func read(_ dataset: HDF5Dataset) throws(HDF5Error) -> Tensor {
-        if let range = contiguousRange(dataset), let mapping = try? mapping() {
-            if range.upperBound <= mapping.count {
-                return Tensor(dtype: dataset.dtype, shape: dataset.shape, storage: .mapped(mapping, range))
+    /// Opens `path`. Links and raw data in other files are refused unless `allowExternal`.
+    public init(path: String, containment: HDF5Containment, allowExternal: Bool = false) throws {
+        self.path = path
+        // A regular file (not a FIFO or a device) that qtool can map.
+        mapping = try MappedFile(path: path)
+        let description: HDF5Description
+        switch containment {
+        case .inProcess:
+            let session = HDF5Session()
+            description = try session.open(path: path, allowExternal: allowExternal)
+            backend = .inProcess(session)
+        case .helperProcess(let executable):
+            let helper = try HDF5HelperProcess(executable: executable, path: path)
+            let request = try JSONEncoder().encode(HDF5HelperProcess.OpenRequest(path: path, allowExternal: allowExternal))
+            let reply = try helper.request(.open, json: request, object: "/")
+            guard let decoded = try? JSONDecoder().decode(HDF5Description.self, from: reply) else {
+                throw HDF5Error.helperFailed(path: path, object: "/", reason: "qtool's HDF5 helper answered nonsense")
             }
+            description = decoded
+            backend = .helper(helper)
+        }
+        (kind, datasets, skipped, layout) = try Self.validate(description, path: path, fileSize: mapping.count)
+    }
+
+    /// Checks what the helper reported before anything is sized by it.
+    private static func validate(_ description: HDF5Description, path: String, fileSize: Int) throws(HDF5Error)
+        -> (HDF5Kind, [HDF5Dataset], [HDF5Skipped], HDF5Layout)
+    {
+        func fail(_ reason: String) -> HDF5Error { .helperFailed(path: path, object: "/", reason: reason) }
+        guard let kind = HDF5Kind(rawValue: description.kind) else { throw fail("an unknown file kind") }
+        var datasets: [HDF5Dataset] = []
+        var pathOf: [String: String] = [:]
+        for (index, info) in description.datasets.enumerated() {
+            guard let dtype = DType(rawValue: info.dtype), info.shape.allSatisfy({ $0 >= 0 }),
+                let count = CheckedSize.product(info.shape), let bytes = CheckedSize.multiply(count, dtype.bitSize / 8)
+            else { throw fail("a malformed description of '\(info.path)'") }
+            var range: Range<Int>? = nil
+            if let fileRange = info.fileRange {
+                guard fileRange.count == 2, fileRange[0] >= 0, fileRange[1] - fileRange[0] == bytes, fileRange[1] <= fileSize else {
+                    throw .cannotRead(path: path, object: info.path, reason: "its data lies outside the file (truncated?)")
+                }
+                range = fileRange[0]..<fileRange[1]
+            }
+            if let other = pathOf[info.name] {
+                throw .cannotRead(path: path, object: info.path, reason: "gives the same tensor name '\(info.name)' as '\(other)'")
+            }
+            pathOf[info.name] = info.path
+            datasets.append(HDF5Dataset(name: info.name, path: info.path, dtype: dtype, shape: Shape(info.shape), index: index, fileRange: range))
+        }
+        let layout: HDF5Layout
+        do {
+            layout = try HDF5Layout(json: try JSONParser.parse(description.layout), path: path)
+        } catch {
+            throw fail("an unreadable layout")
+        }
+        return (kind, datasets, description.skipped, layout)
+    }
+
+    /// One dataset as a tensor: mapped where its bytes lie in the file as they are, else read
+    /// through libhdf5 slab by slab into memory.
+    public func read(_ dataset: HDF5Dataset) throws -> Tensor {
+        if let range = dataset.fileRange {
+            return Tensor(dtype: dataset.dtype, shape: dataset.shape, storage: .mapped(mapping, range))
         }
         let bytes = OwnedBytes(count: dataset.byteCount)
-        let status: herr_t = HDF5.locked {
-            let id = H5Dopen2(file.id, dataset.path, HDF5.defaultProperties)
-            guard id >= 0 else { return -1 }
-            let handle = HDF5Handle(id, .object)
-            let stored = HDF5Handle(H5Dget_type(handle.id), .datatype)
-            let memory = HDF5ElementType.memoryType(for: stored.id, dtype: dataset.dtype)
-            return H5Dread(handle.id, memory.id, qtool_H5S_ALL(), qtool_H5S_ALL(), HDF5.defaultProperties, bytes.buffer.baseAddress)
+        let width = dataset.dtype.bitSize / 8
+        var offset = 0
+        for slab in HDF5Slabs.plan(shape: dataset.shape.dimensions, elementBytes: width) {
+            let length = slab.elementCount * width
+            let destination = UnsafeMutableRawBufferPointer(rebasing: bytes.buffer[offset..<(offset + length)])
+            switch backend {
+            case .inProcess(let session):
+                try session.read(dataset: dataset.index, slab: slab, into: destination)
+            case .helper(let helper):
+                let request = try JSONEncoder().encode(HDF5HelperProcess.ReadRequest(dataset: dataset.index, slab: slab))
+                try helper.request(.read, json: request, object: dataset.path, into: destination)
+            }
+            offset += length
         }
-        guard status >= 0 else { throw .cannotRead(path: path, object: dataset.path, reason: HDF5.locked { HDF5.lastError() }) }
         return Tensor(dtype: dataset.dtype, shape: dataset.shape, storage: .owned(bytes))
     }
-
-    private var mapped: MappedFile?
-    private let mappingLock = NSLock()
-
-    private func mapping() throws -> MappedFile {
-        mappingLock.lock()
-        defer { mappingLock.unlock() }
-        if let mapped { return mapped }
-        let file = try MappedFile(path: path)
-        mapped = file
-        return file
-    }
-
-    /// Where a dataset's bytes lie in the file, when they lie there as the tensor's bytes:
-    /// contiguous layout, allocated, no filters, little-endian (or single bytes).
-    private func contiguousRange(_ dataset: HDF5Dataset) -> Range<Int>? {
-        HDF5.locked { () -> Range<Int>? in
-            let id = H5Dopen2(file.id, dataset.path, HDF5.defaultProperties)
-            guard id >= 0 else { return nil }
-            let handle = HDF5Handle(id, .object)
-            let creation = HDF5Handle(H5Dget_create_plist(handle.id), .propertyList)
-            let type = HDF5Handle(H5Dget_type(handle.id), .datatype)
-            guard H5Pget_layout(creation.id) == H5D_CONTIGUOUS, H5Pget_nfilters(creation.id) == 0,
-                H5Pget_external_count(creation.id) == 0,
-                H5Tget_size(type.id) == 1 || H5Tget_order(type.id) == H5T_ORDER_LE,
-                H5Dget_storage_size(handle.id) == hsize_t(dataset.byteCount)
-            else { return nil }
-            // Addresses count from the superblock, which follows any user block.
-            let fileCreation = HDF5Handle(H5Fget_create_plist(file.id), .propertyList)
-            var userBlock: hsize_t = 0
-            H5Pget_userblock(fileCreation.id, &userBlock)
-            let offset = H5Dget_offset(handle.id)
-            guard offset != qtool_HADDR_UNDEF(), let start = Int(exactly: UInt64(offset) + UInt64(userBlock)) else { return nil }
-            let (end, overflow) = start.addingReportingOverflow(dataset.byteCount)
-            return overflow ? nil : start..<end
-        }
-    }
 }
 
-/// Walks groups depth first, links in name order, collecting datasets, groups and attributes.
-struct TreeWalker {
-    let path: String
-    var datasets: [HDF5Dataset] = []
-    var skipped: [(path: String, reason: String)] = []
-    var groups: [HDF5Layout.Group] = []
-    var datasetLayouts: [HDF5Layout.DatasetEntry] = []
-
-    init(path: String) { self.path = path }
-
-    mutating func walk(_ group: hid_t, groupPath: String) throws(HDF5Error) {
-        groups.append(HDF5Layout.Group(path: groupPath, attributes: HDF5Attributes.read(group)))
-        var info = H5G_info_t()
-        guard H5Gget_info(group, &info) >= 0 else { throw .cannotRead(path: path, object: groupPath, reason: HDF5.lastError()) }
-        for index in 0..<info.nlinks {
-            let length = H5Lget_name_by_idx(group, ".", H5_INDEX_NAME, H5_ITER_INC, index, nil, 0, HDF5.defaultProperties)
-            guard length >= 0 else { throw .cannotRead(path: path, object: groupPath, reason: HDF5.lastError()) }
-            var buffer = [CChar](repeating: 0, count: Int(length) + 1)
-            H5Lget_name_by_idx(group, ".", H5_INDEX_NAME, H5_ITER_INC, index, &buffer, buffer.count, HDF5.defaultProperties)
-            let name = HDF5.string(buffer)
-            let childPath = (groupPath == "/" ? "" : groupPath) + "/" + name
-            let id = H5Oopen(group, name, HDF5.defaultProperties)
-            guard id >= 0 else {
-                skipped.append((childPath, "cannot be opened (\(HDF5.lastError()))"))
-                continue
-            }
-            let child = HDF5Handle(id, .object)
-            switch H5Iget_type(child.id) {
-            case H5I_GROUP: try walk(child.id, groupPath: childPath)
-            case H5I_DATASET: try inspect(child.id, path: childPath)
-            default: skipped.append((childPath, "is not a group or a dataset"))
-            }
-        }
-    }
-
-    mutating func inspect(_ dataset: hid_t, path datasetPath: String) throws(HDF5Error) {
-        let type = HDF5Handle(H5Dget_type(dataset), .datatype)
-        let space = HDF5Handle(H5Dget_space(dataset), .dataspace)
-        guard case .numeric(let dtype) = HDF5ElementType.of(type.id) else {
-            let reason: String
-            switch HDF5ElementType.of(type.id) {
-            case .string: reason = "holds strings, not numbers"
-            case .other(let what): reason = "holds \(what), not numbers"
-            case .numeric: reason = ""
-            }
-            skipped.append((datasetPath, reason))
-            return
-        }
-        let dimensions: [Int]
-        switch H5Sget_simple_extent_type(space.id) {
-        case H5S_SCALAR: dimensions = []
-        case H5S_SIMPLE:
-            let rank = Int(H5Sget_simple_extent_ndims(space.id))
-            var dims = [hsize_t](repeating: 0, count: rank)
-            H5Sget_simple_extent_dims(space.id, &dims, nil)
-            dimensions = dims.map { Int(clamping: $0) }
-        default:
-            skipped.append((datasetPath, "has no data (a null dataspace)"))
-            return
-        }
-        var count = 1
-        for dimension in dimensions {
-            let (product, overflow) = count.multipliedReportingOverflow(by: dimension)
-            guard !overflow, product.multipliedReportingOverflow(by: 8).overflow == false else {
-                throw .cannotRead(path: path, object: datasetPath, reason: "shape \(dimensions) overflows the addressable size")
-            }
-            count = product
-        }
-        let name = datasetPath.dropFirst().replacing("/", with: ".")
-        datasets.append(HDF5Dataset(name: String(name), path: datasetPath, dtype: dtype, shape: Shape(dimensions)))
-        datasetLayouts.append(HDF5Layout.DatasetEntry(tensor: String(name), path: datasetPath, attributes: HDF5Attributes.read(dataset)))
-    }
-}

@@ -33,13 +33,14 @@ struct Checkpoint {
 
     var isQuantized: Bool { entries.contains { $0.quantization != nil } }
 
-    /// Opens `path`, telling the format by its bytes, not by its name.
-    static func open(_ path: String) throws -> Checkpoint {
+    /// Opens `path`, telling the format by its bytes, not by its name. HDF5 links and raw data
+    /// in other files are refused unless `allowExternal`.
+    static func open(_ path: String, allowExternal: Bool = false) throws -> Checkpoint {
         guard FilePaths.exists(path) else { throw CommandError(path: path, "no such file or folder") }
         if !FilePaths.isDirectory(path) {
             switch try FileSignature.identify(path) {
             case .nf4: return try openNF4(path)
-            case .hdf5: return try openHDF5(path)
+            case .hdf5: return try openHDF5(path, allowExternal: allowExternal)
             case .damagedNF4: throw NF4Error.damagedStart(path: path)
             case .safetensors: break
             case .unknown:
@@ -87,10 +88,10 @@ struct Checkpoint {
 
     /// An HDF5 file: its numeric datasets as tensors, read one at a time; its groups and
     /// attributes in the `hdf5_layout` metadata, so that writing HDF5 again gives the same tree.
-    private static func openHDF5(_ path: String) throws -> Checkpoint {
-        let reader = try HDF5Reader(path: path)
-        for (dataset, reason) in reader.skipped {
-            Report.warning(path, "dataset '\(dataset)' \(reason); skipped")
+    private static func openHDF5(_ path: String, allowExternal: Bool) throws -> Checkpoint {
+        let reader = try HDF5Reader(path: path, containment: QTool.hdf5Containment, allowExternal: allowExternal)
+        for item in reader.skipped {
+            Report.warning(path, item.description + "; skipped")
         }
         let entries = reader.datasets.map { dataset in
             CheckpointEntry(name: dataset.name, dtype: dataset.dtype, shape: dataset.shape, quantization: nil, storedBytes: dataset.byteCount) {

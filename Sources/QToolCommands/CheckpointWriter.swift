@@ -59,20 +59,26 @@ struct CheckpointWriter {
             return try writeFolder(path, names: names, produce: produce)
         case .hdf5(let path):
             guard !FilePaths.isDirectory(path) else { throw CommandError(path: path, "is a folder, not an HDF5 file") }
-            var tensors: [(name: String, tensor: Tensor)] = []
-            for (index, name) in names.enumerated() {
-                guard case .plain(let payload) = try produce(index) else {
-                    throw CommandError(path: path, "tensor '\(name)' is 4-bit; HDF5 output takes floats (dequantize first)")
-                }
-                tensors.append((name, try materializeTensor(payload)))
-            }
             let layout = try metadata?.first { $0.key == HDF5Layout.metadataKey }.map { item in
                 guard let json = try? JSONParser.parse(item.value) else {
                     throw CommandError(path: path, "the input's hdf5_layout metadata is not JSON")
                 }
                 return try HDF5Layout(json: json, path: path)
             }
-            try HDF5Writer.write(tensors, layout: layout, to: path)
+            // One tensor at a time, streamed to libhdf5 in qtool's helper process.
+            let writer = try HDF5Writer(path: path, tensorNames: names, layout: layout, containment: QTool.hdf5Containment)
+            do {
+                for (index, name) in names.enumerated() {
+                    guard case .plain(let payload) = try produce(index) else {
+                        throw CommandError(path: path, "tensor '\(name)' is 4-bit; HDF5 output takes floats (dequantize first)")
+                    }
+                    try writer.add(name: name, ProgressPayload(base: payload, progress: progress))
+                }
+                try writer.commit()
+            } catch {
+                writer.abort()
+                throw error
+            }
             return [path]
         }
     }

@@ -32,6 +32,8 @@ struct ConvertCommand: ParsableCommand {
     @Argument(help: "A .safetensors file, a model folder, or an .h5/.hdf5 file.")
     var output: String
 
+    @OptionGroup var inputOptions: InputOptions
+
     @OptionGroup var floats: FloatOutputOptions
 
     @Option(help: "torch: transpose Keras Dense kernels to [out, in]; keras: back to [in, out].")
@@ -49,7 +51,7 @@ struct ConvertCommand: ParsableCommand {
 
     func run() throws {
         let started = Date()
-        let checkpoint = try Checkpoint.open(input)
+        let checkpoint = try Checkpoint.open(input, allowExternal: inputOptions.allowExternal)
         let target = floats.targetDType
         let totalBytes = checkpoint.entries.reduce(0) { $0 + $1.storedBytes }
         let progress = ProgressBar(label: "convert", total: totalBytes, quiet: report.quiet)

@@ -24,6 +24,8 @@ struct DequantizeCommand: ParsableCommand {
     @Argument(help: "A .safetensors file or a model folder.")
     var output: String
 
+    @OptionGroup var inputOptions: InputOptions
+
     @OptionGroup var floats: FloatOutputOptions
 
     @OptionGroup var threading: ThreadOptions
@@ -39,7 +41,7 @@ struct DequantizeCommand: ParsableCommand {
     func run() throws {
         threading.apply()
         let started = Date()
-        let checkpoint = try Checkpoint.open(input)
+        let checkpoint = try Checkpoint.open(input, allowExternal: inputOptions.allowExternal)
         guard checkpoint.isQuantized else { throw CommandError(path: input, "holds no quantized tensors") }
         let target = floats.targetDType
         let total = checkpoint.entries.reduce(0) { $0 + $1.storedBytes }

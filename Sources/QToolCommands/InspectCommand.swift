@@ -17,6 +17,8 @@ struct InspectCommand: ParsableCommand {
     @Argument(help: "A checkpoint file or model folder.")
     var path: String
 
+    @OptionGroup var inputOptions: InputOptions
+
     @Flag(help: "Print a JSON report instead of a table.")
     var json = false
 
@@ -25,7 +27,7 @@ struct InspectCommand: ParsableCommand {
     }
 
     func run() throws {
-        let checkpoint = try Checkpoint.open(path)
+        let checkpoint = try Checkpoint.open(path, allowExternal: inputOptions.allowExternal)
         let report = InspectReport(checkpoint)
         if json { Report.printJSON(report.json()) } else { print(report.table()) }
     }

@@ -28,6 +28,8 @@ struct MergeCommand: ParsableCommand {
     @Argument(help: "The base: a safetensors file or model folder, a .nf4 file or a bitsandbytes folder.")
     var base: String
 
+    @OptionGroup var inputOptions: InputOptions
+
     @Option(
         name: .customLong("adapter"),
         help: ArgumentHelp("A PEFT or mlx-lm adapter folder, with an optional weight (repeatable).", valueName: "DIR[=WEIGHT]"))
@@ -86,7 +88,7 @@ struct MergeCommand: ParsableCommand {
         let started = Date()
         let specs = try adapters.map(AdapterFolder.parseSpec)
         let loaded = try specs.map { (adapter: try AdapterFolder.load($0.path), weight: $0.weight) }
-        let checkpoint = try Checkpoint.open(base)
+        let checkpoint = try Checkpoint.open(base, allowExternal: inputOptions.allowExternal)
         let plan = try MergePlan(adapters: loaded, base: checkpoint.entries.map { ($0.name, $0.dtype, $0.shape) })
         if dryRun { return printPlan(plan, checkpoint: checkpoint, adapters: loaded) }
 

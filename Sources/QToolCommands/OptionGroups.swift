@@ -65,3 +65,9 @@ enum PathArguments {
         }
     }
 }
+
+/// `--allow-external`, for the commands that read checkpoints.
+struct InputOptions: ParsableArguments {
+    @Flag(help: "Read HDF5 external links and raw data kept in other files (refused by default).")
+    var allowExternal = false
+}

@@ -1,5 +1,6 @@
 import ArgumentParser
 import CProcess
+import HDF5Format
 import TensorCore
 
 #if canImport(Glibc)
@@ -56,7 +57,20 @@ public struct QTool: ParsableCommand {
         }
     }
 
+    /// Where libhdf5 runs for the commands: in a helper process started from this binary.
+    static let hdf5Containment: HDF5Containment = .helperProcess(executable: executablePath)
+
+    /// This binary's own path (the helper is started from it).
+    static let executablePath: String = {
+        var buffer = [CChar](repeating: 0, count: 4096)
+        let length = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        guard length > 0 else { return CommandLine.arguments[0] }
+        return String(decoding: buffer[0..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }()
+
     public static func main() {
+        // Started as qtool's HDF5 helper: serve libhdf5 requests and nothing else.
+        if let status = HDF5Helper.serveIfAsked(CommandLine.arguments) { Glibc.exit(status) }
         // Temporaries go with the process on SIGINT/SIGTERM; a truncated input is an error.
         ProcessCleanup.installSignalHandlers()
         // Tensors stream through buffers of a few megabytes that are freed and allocated again

@@ -26,6 +26,8 @@ struct QuantizeCommand: ParsableCommand {
     @Argument(help: "A .nf4 file (--format nf4) or a model folder (--format bnb).")
     var output: String
 
+    @OptionGroup var inputOptions: InputOptions
+
     @Option(help: "nf4 or fp4.")
     var quantType: String = "nf4"
 
@@ -92,7 +94,7 @@ struct QuantizeCommand: ParsableCommand {
     func run() throws {
         threading.apply()
         let started = Date()
-        let checkpoint = try Checkpoint.open(input)
+        let checkpoint = try Checkpoint.open(input, allowExternal: inputOptions.allowExternal)
         let type = QuantType(rawValue: quantType)!
         let selection = TensorSelection(include: include, skip: skip)
         let sourceBytes = checkpoint.entries.reduce(0) { $0 + $1.storedBytes }

@@ -20,7 +20,7 @@ struct HDF5Tests {
         ("keras-legacy.h5", "keras-legacy.safetensors", .kerasLegacy),
     ])
     func everyArrayEqualsWhatH5pyReads(_ file: String, _ golden: String, _ kind: HDF5Kind) throws {
-        let reader = try HDF5Reader(path: Fixtures.path("hdf5/" + file))
+        let reader = try HDF5Reader(path: Fixtures.path("hdf5/" + file), containment: .inProcess)
         #expect(reader.kind == kind)
         #expect(reader.skipped.isEmpty)
         let expected = try SafeTensorsFile(path: Fixtures.path("hdf5/" + golden)).tensors()
@@ -33,7 +33,7 @@ struct HDF5Tests {
     }
 
     @Test func legacyKerasNamesKeepTheVariableNames() throws {
-        let names = try HDF5Reader(path: Fixtures.path("hdf5/keras-legacy.h5")).datasets.map(\.name)
+        let names = try HDF5Reader(path: Fixtures.path("hdf5/keras-legacy.h5"), containment: .inProcess).datasets.map(\.name)
         #expect(names.contains("model_weights.dense.dense.kernel") && names.contains("model_weights.bn.bn.moving_variance"))
     }
 
@@ -41,11 +41,11 @@ struct HDF5Tests {
     /// and attributes.
     @Test(arguments: ["generic.h5", "keras3.weights.h5", "keras-legacy.h5"])
     func writingBackReproducesTheFile(_ file: String) throws {
-        let original = try HDF5Reader(path: Fixtures.path("hdf5/" + file))
+        let original = try HDF5Reader(path: Fixtures.path("hdf5/" + file), containment: .inProcess)
         let tensors = try Self.tensors(original)
         let out = Fixtures.temporaryFolder() + "/" + file
-        try HDF5Writer.write(tensors.entries, layout: original.layout, to: out)
-        let again = try HDF5Reader(path: out)
+        try HDF5Writer.write(tensors.entries, layout: original.layout, to: out, containment: .inProcess)
+        let again = try HDF5Reader(path: out, containment: .inProcess)
         #expect(again.layout == original.layout)
         #expect(again.kind == original.kind)
         let back = try Self.tensors(again)
@@ -54,7 +54,7 @@ struct HDF5Tests {
     }
 
     @Test func unsupportedDatasetsAreSkippedByName() throws {
-        let reader = try HDF5Reader(path: Fixtures.path("hdf5/unsupported.h5"))
+        let reader = try HDF5Reader(path: Fixtures.path("hdf5/unsupported.h5"), containment: .inProcess)
         #expect(reader.datasets.map(\.name) == ["group.bias", "weights"])
         #expect(reader.skipped.map(\.path) == ["/labels", "/records", "/spectrum"])
         #expect(reader.skipped[0].reason.contains("strings"))
@@ -63,7 +63,7 @@ struct HDF5Tests {
     @Test(arguments: [("truncated.h5", "truncated file"), ("not-hdf5.h5", "not a readable HDF5 file")])
     func brokenFilesAreErrors(_ file: String, _ message: String) throws {
         #expect {
-            _ = try HDF5Reader(path: Fixtures.path("hdf5/" + file))
+            _ = try HDF5Reader(path: Fixtures.path("hdf5/" + file), containment: .inProcess)
         } throws: { error in
             (error as? HDF5Error)?.problem.contains(message) == true
         }
@@ -75,7 +75,7 @@ struct HDF5Tests {
         tensors.append("a.b.c", Tensor(dtype: .f32, shape: [1], values: [Float(2)]))
         let folder = Fixtures.temporaryFolder()
         #expect(throws: HDF5Error.nameConflict(path: folder + "/x.h5", first: "a.b", second: "a.b.c")) {
-            try HDF5Writer.write(tensors.entries, layout: nil, to: folder + "/x.h5")
+            try HDF5Writer.write(tensors.entries, layout: nil, to: folder + "/x.h5", containment: .inProcess)
         }
         #expect(Fixtures.listing(folder).isEmpty)
     }
@@ -87,8 +87,8 @@ struct HDF5Tests {
         var tensors = model
         for (name, tensor) in bf16.entries { tensors.append("bf16." + name, tensor) }
         let out = Fixtures.temporaryFolder() + "/m.hdf5"
-        try HDF5Writer.write(tensors.entries, layout: nil, to: out)
-        let back = try Self.tensors(try HDF5Reader(path: out))
+        try HDF5Writer.write(tensors.entries, layout: nil, to: out, containment: .inProcess)
+        let back = try Self.tensors(try HDF5Reader(path: out, containment: .inProcess))
         #expect(Set(back.names) == Set(tensors.names))
         for name in tensors.names { #expect(back[name]!.isIdentical(to: tensors[name]!), "\(name)") }
     }

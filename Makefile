@@ -1,13 +1,18 @@
 # qtool — `make demo` and `make test` work on a fresh Debian machine with Swift installed.
+SHELL      := /bin/bash
 SWIFT      ?= swift
 VENV       ?= .venv
 PYTHON     := $(VENV)/bin/python
 QTOOL      := .build/release/qtool
 DEMO       := .demo
-APT_DEPS   := libhdf5-dev libzstd-dev libopenblas-dev pkg-config
+APT_DEPS   := libhdf5-dev libzstd-dev libopenblas-dev pkg-config strace
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: all setup build test demo bench interop fixtures venv manifest clean
+FUZZ_TIME    ?= 60
+FUZZ_TARGETS := json safetensors nf4 bnb adapter hdf5
+FUZZ_BIN     := .build-fuzz/debug/qtool-fuzz
+
+.PHONY: all setup build test demo bench interop fixtures venv manifest clean fuzz fuzz-build fuzz-ci
 
 all: build
 
@@ -66,6 +71,25 @@ demo: build
 	@du -b fixtures/tiny-llama/model.safetensors $(DEMO)/tiny-llama.nf4 $(DEMO)/tiny-llama-bnb/model.safetensors \
 	  $(DEMO)/tiny-llama-restored/model.safetensors $(DEMO)/tiny-llama-merged/model.safetensors $(DEMO)/tiny-llama-merged.nf4 | awk '{printf "  %10d  %s\n", $$1, $$2}'
 
+## fuzz-build: the libFuzzer executable (address sanitizer), and the release qtool its HDF5 target starts
+fuzz-build: build
+	QTOOL_FUZZ=1 $(SWIFT) build --build-path .build-fuzz -c debug --product qtool-fuzz -Xswiftc -sanitize=fuzzer,address
+
+## fuzz: each reader for FUZZ_TIME seconds (default 60) from the committed corpus; a crash is
+## written to fixtures/fuzz/<target>/crash-* (commit it: `make test` then runs it for good)
+fuzz: fuzz-build
+	@for t in $(FUZZ_TARGETS); do \
+	  work=$$(mktemp -d); cp fixtures/fuzz/$$t/* $$work/; \
+	  echo "== fuzz $$t ($(FUZZ_TIME) s)"; \
+	  FUZZ_TARGET=$$t QTOOL_BINARY=$(QTOOL) $(FUZZ_BIN) $$work -max_total_time=$(FUZZ_TIME) -rss_limit_mb=3072 -timeout=20 \
+	    -artifact_prefix=fixtures/fuzz/$$t/ -print_final_stats=1 2>&1 | grep -E "^(stat::number_of_executed_units|stat::new_units_added|==[0-9]+==ERROR|SUMMARY)|Test unit written" ; \
+	  status=$${PIPESTATUS[0]}; rm -rf $$work; [ "$$status" = 0 ] || exit 1; \
+	done
+
+## fuzz-ci: every harness briefly over its corpus (CI)
+fuzz-ci:
+	@$(MAKE) -s fuzz FUZZ_TIME=$(or $(CI_FUZZ_TIME),15)
+
 ## venv: the Python reference libraries, for fixtures and benchmarks only
 venv: $(PYTHON)
 $(PYTHON): fixtures/generate/requirements.txt
@@ -83,7 +107,7 @@ interop: build venv
 	$(PYTHON) Tests/Interop/hdf5_interop.py
 
 ## fixtures: regenerate every golden with the reference libraries (records their versions)
-fixtures: venv
+fixtures: venv build
 	HF_HUB_OFFLINE=1 $(PYTHON) fixtures/generate/make_all.py
 
 ## manifest: refresh fixtures/MANIFEST.sha256
@@ -91,4 +115,4 @@ manifest:
 	cd fixtures && find . -type f ! -name MANIFEST.sha256 ! -path './generate/*' | LC_ALL=C sort | xargs sha256sum > MANIFEST.sha256
 
 clean:
-	rm -rf .build $(DEMO)
+	rm -rf .build .build-fuzz $(DEMO)

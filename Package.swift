@@ -48,6 +48,11 @@ let package = Package(
         .executableTarget(name: "qtool", dependencies: ["QToolCommands"]),
 
         .target(name: "TestSupport", dependencies: ["TensorCore"], path: "Tests/TestSupport"),
+        // The readers as fuzz targets: run by `make fuzz` (libFuzzer) and by the regression test.
+        .target(
+            name: "FuzzTargets", dependencies: ["TensorCore", "SafetensorsFormat", "NF4Format", "Quantization", "LoRAMerge", "HDF5Format"],
+            path: "Tests/FuzzTargets"),
+        .testTarget(name: "FuzzRegressionTests", dependencies: ["FuzzTargets", "TestSupport", "qtool"]),
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore", "SafetensorsFormat", "TestSupport"]),
         .testTarget(
             name: "QuantizationTests",
@@ -64,3 +69,13 @@ let package = Package(
             dependencies: ["QToolCommands", "SafetensorsFormat", "TensorCore", "TestSupport", "qtool"]),
     ]
 )
+
+// `make fuzz` builds the libFuzzer executable: `QTOOL_FUZZ=1 swift build -Xswiftc -sanitize=fuzzer,address`.
+// libFuzzer supplies `main`, so the target exists only in that build.
+if Context.environment["QTOOL_FUZZ"] != nil {
+    package.products.append(.executable(name: "qtool-fuzz", targets: ["QToolFuzz"]))
+    package.targets.append(
+        .executableTarget(
+            name: "QToolFuzz", dependencies: ["FuzzTargets"], path: "Tests/Fuzz",
+            swiftSettings: [.unsafeFlags(["-parse-as-library"])]))
+}

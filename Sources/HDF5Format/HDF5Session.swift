@@ -292,9 +292,17 @@ struct TreeWalker {
     var skipped: [HDF5Skipped] = []
     var groups: [HDF5Layout.Group] = []
     var datasetLayouts: [HDF5Layout.DatasetEntry] = []
-    /// Object addresses seen, with the first path to each.
-    var visited: [UInt64: String] = [:]
+    /// Objects seen (file number and address), with the first path to each.
+    var visited: [ObjectKey: String] = [:]
     let userBlock: Int
+    /// libhdf5's number of the file itself: an object with another number was reached through
+    /// an external link and lies in another file.
+    var rootFile: UInt = 0
+
+    struct ObjectKey: Hashable {
+        let file: UInt
+        let address: UInt64
+    }
 
     init(path: String, allowExternal: Bool, file: hid_t) {
         self.path = path
@@ -305,13 +313,14 @@ struct TreeWalker {
         var size: hsize_t = 0
         H5Pget_userblock(creation.id, &size)
         userBlock = Int(clamping: size)
+        rootFile = address(file)?.file ?? 0
     }
 
-    /// The object's address in the file, or nil when libhdf5 cannot tell.
-    func address(_ object: hid_t) -> UInt64? {
+    /// Which file the object lies in, and where, or nil when libhdf5 cannot tell.
+    func address(_ object: hid_t) -> ObjectKey? {
         var info = H5O_info_t()
         guard H5Oget_info2(object, &info, UInt32(H5O_INFO_BASIC)) >= 0 else { return nil }
-        return UInt64(info.addr)
+        return ObjectKey(file: info.fileno, address: UInt64(info.addr))
     }
 
     mutating func walk(_ group: hid_t, groupPath: String, depth: Int) throws(HDF5Error) {
@@ -419,7 +428,8 @@ struct TreeWalker {
                 reason: "declares \(byteCount) bytes (shape \(dimensions)) but stores \(stored); no HDF5 filter expands that far")
         }
         var fileRange: [Int]? = nil
-        if layout == H5D_CONTIGUOUS, H5Pget_nfilters(creation.id) == 0, !external,
+        let inThisFile = address(dataset)?.file == rootFile
+        if layout == H5D_CONTIGUOUS, H5Pget_nfilters(creation.id) == 0, !external, inThisFile,
             H5Tget_size(type.id) == 1 || H5Tget_order(type.id) == H5T_ORDER_LE, stored == byteCount
         {
             let offset = H5Dget_offset(dataset)

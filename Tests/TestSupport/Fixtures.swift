@@ -34,6 +34,8 @@ public struct CommandResult: Sendable {
     public let status: Int32
     public let stdout: String
     public let stderr: String
+    /// The signal that ended the run, if one did.
+    public var signal: Int32? = nil
 }
 
 public enum QToolBinary {
@@ -47,11 +49,20 @@ public enum QToolBinary {
         return candidates.first { FileManager.default.isExecutableFile(atPath: $0) } ?? candidates.last!
     }()
 
-    /// Runs `qtool` with `arguments`, capturing both streams.
-    public static func run(_ arguments: [String], environment: [String: String] = [:]) throws -> CommandResult {
+    /// Runs `qtool` with `arguments`, capturing both streams. A run past `timeout` seconds is
+    /// killed (and reported as status -1, so a hang fails the test instead of stalling it);
+    /// `memoryLimit` caps its address space (bytes), so a run that would blow up memory fails.
+    public static func run(
+        _ arguments: [String], environment: [String: String] = [:], timeout: Double = 300, memoryLimit: Int? = nil
+    ) throws -> CommandResult {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: path)
-        process.arguments = arguments
+        if let memoryLimit {
+            process.executableURL = URL(fileURLWithPath: "/bin/sh")
+            process.arguments = ["-c", "ulimit -v \(memoryLimit / 1024); exec \"$0\" \"$@\"", path] + arguments
+        } else {
+            process.executableURL = URL(fileURLWithPath: path)
+            process.arguments = arguments
+        }
         var env = ProcessInfo.processInfo.environment
         env.merge(environment) { $1 }
         process.environment = env
@@ -60,6 +71,15 @@ public enum QToolBinary {
         process.standardOutput = out
         process.standardError = err
         try process.run()
+        let finished = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) var timedOut = false
+        DispatchQueue.global().async {
+            if finished.wait(timeout: .now() + timeout) == .timedOut {
+                timedOut = true
+                kill(process.processIdentifier, SIGKILL)
+            }
+        }
+        defer { finished.signal() }
         // Read both pipes before waiting, so a large output cannot block the child.
         let group = DispatchGroup()
         nonisolated(unsafe) var outData = Data()
@@ -69,7 +89,7 @@ public enum QToolBinary {
         group.wait()
         process.waitUntilExit()
         return CommandResult(
-            status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
-            stderr: String(decoding: errData, as: UTF8.self))
+            status: timedOut ? -1 : process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
+            stderr: String(decoding: errData, as: UTF8.self), signal: process.terminationReason == .uncaughtSignal ? process.terminationStatus : nil)
     }
 }

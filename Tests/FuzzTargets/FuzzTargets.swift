@@ -1,0 +1,148 @@
+import Foundation
+import HDF5Format
+import SafetensorsFormat
+import TensorCore
+
+@testable import LoRAMerge
+@testable import NF4Format
+@testable import Quantization
+
+/// What the fuzzers feed hostile bytes to: each reader of untrusted input, driven the way the
+/// commands drive it. Errors are expected; only a crash, a hang or a blow-up is a finding. The
+/// libFuzzer executable (`Tests/Fuzz`, `make fuzz`) and the regression test (`make test`) call
+/// the same functions.
+public enum FuzzTarget: String, CaseIterable, Sendable {
+    case json, safetensors, nf4, bnb, adapter, hdf5
+
+    /// Runs the target on one input.
+    public func run(_ data: UnsafeRawBufferPointer) {
+        switch self {
+        case .json: FuzzTarget.json(data)
+        case .safetensors: FuzzTarget.safetensors(data)
+        case .nf4: FuzzTarget.nf4(data)
+        case .bnb: FuzzTarget.bnb(data)
+        case .adapter: FuzzTarget.adapter(data)
+        case .hdf5: FuzzTarget.hdf5(data)
+        }
+    }
+
+    /// Bytes of tensor data a target reads at most (keeps each run fast and small).
+    static let dataBudget = 1 << 24
+
+    static func json(_ data: UnsafeRawBufferPointer) {
+        guard let value = try? JSONParser.parse(data) else { return }
+        // What the parser gives back must serialize and read back the same.
+        let text = value.compactSerialized()
+        let again = try? JSONParser.parse(text)
+        precondition(again == value, "JSON round trip changed the value")
+        _ = value.pythonDumps()
+    }
+
+    static func safetensors(_ data: UnsafeRawBufferPointer) {
+        guard let header = try? SafeTensorsHeader.parse(fileBytes: data, path: "fuzz") else { return }
+        // Every entry must lie inside the data section, as validated.
+        for entry in header.entries {
+            precondition(entry.dataRange.upperBound <= data.count - header.dataStart, "entry past the data")
+        }
+    }
+
+    /// The bytes as a file (the readers map files).
+    static func withFile(_ data: UnsafeRawBufferPointer, suffix: String, _ body: (String) -> Void) {
+        let path = NSTemporaryDirectory() + "qtool-fuzz-\(getpid())-\(UInt64.random(in: 0...UInt64.max))" + suffix
+        guard FileManager.default.createFile(atPath: path, contents: Data(data)) else { return }
+        defer { unlink(path) }
+        body(path)
+    }
+
+    static func nf4(_ data: UnsafeRawBufferPointer) {
+        withFile(data, suffix: ".nf4") { path in
+            guard let file = try? NF4File(path: path) else { return }
+            var budget = dataBudget
+            for entry in file.entries {
+                guard case .quantized = entry.kind, budget > 0 else {
+                    _ = try? file.load(entry)
+                    continue
+                }
+                guard case .quantized(let t)? = try? file.load(entry) else { continue }
+                budget -= t.shape.elementCount
+                dequantize(t)
+            }
+            _ = try? file.verifyAll()
+        }
+    }
+
+    /// The container's tensor through the checks the commands make, then dequantized.
+    static func dequantize(_ t: NF4QuantizedTensor) {
+        guard let type = QuantType(rawValue: t.quantType), t.shape.elementCount <= dataBudget else { return }
+        let absmax: QuantizedTensor.Absmax = t.nested.map {
+            .double(codes: t.absmax, nestedAbsmax: $0.absmax, offset: $0.offset, nestedBlocksize: $0.blocksize)
+        } ?? .plain(t.absmax)
+        let q = QuantizedTensor(quantType: type, blocksize: t.blocksize, shape: t.shape, originalDType: t.dtype, packed: t.codes, absmax: absmax)
+        guard (try? q.checkScales(name: "fuzz")) != nil else { return }
+        _ = try? q.dequantizedPayload(to: .f32).materialized()
+    }
+
+    static func bnb(_ data: UnsafeRawBufferPointer) {
+        withFile(data, suffix: ".safetensors") { path in
+            guard let file = try? SafeTensorsFile(path: path), let imported = try? BitsandbytesLayout.import(file.tensors()) else { return }
+            for (_, item) in imported {
+                guard case .quantized(let q) = item, q.elementCount <= dataBudget else { continue }
+                _ = try? q.dequantizedPayload(to: .bf16).materialized()
+                _ = q.dequantized(to: .f32)
+            }
+        }
+    }
+
+    /// A base the adapters are merged into: names and shapes of a small Llama, float32 zeros.
+    static let base: NamedTensors = {
+        var tensors = NamedTensors()
+        for layer in 0..<2 {
+            for (module, shape) in [("self_attn.q_proj", [64, 64]), ("self_attn.v_proj", [32, 64]), ("mlp.down_proj", [64, 96])] {
+                tensors.append("model.layers.\(layer).\(module).weight", Tensor(dtype: .f32, shape: Shape(shape), values: [Float](repeating: 0.5, count: shape[0] * shape[1])))
+            }
+            tensors.append("model.layers.\(layer).self_attn.q_proj.bias", Tensor(dtype: .bf16, shape: [64], values: [UInt16](repeating: 0x3F80, count: 64)))
+        }
+        tensors.append("model.embed_tokens.weight", Tensor(dtype: .bf16, shape: [100, 64], values: [UInt16](repeating: 0x3F00, count: 6400)))
+        tensors.append("model.norm.step", Tensor(dtype: .i64, shape: [2], values: [Int64(1), 2]))
+        return tensors
+    }()
+
+    /// Input: a 4-byte little-endian length, that many bytes of adapter_config.json, then the
+    /// adapter's safetensors file.
+    static func adapter(_ data: UnsafeRawBufferPointer) {
+        guard data.count >= 4 else { return }
+        let length = Int(data.loadUnaligned(as: UInt32.self).littleEndian)
+        guard length <= data.count - 4, let config = try? JSONParser.parse(UnsafeRawBufferPointer(rebasing: data[4..<(4 + length)])) else { return }
+        withFile(UnsafeRawBufferPointer(rebasing: data[(4 + length)...]), suffix: ".safetensors") { path in
+            guard let file = try? SafeTensorsFile(path: path) else { return }
+            let tensors = file.tensors()
+            guard let adapter = try? LoRAAdapter(path: "fuzz", config: config, tensors: tensors, layout: LoRAAdapter.layout(of: tensors) ?? .peft),
+                let plan = try? MergePlan(adapters: [(adapter, 0.5)], base: base.entries.map { ($0.name, $0.tensor.dtype, $0.tensor.shape) })
+            else { return }
+            for (name, merge) in plan.changes {
+                for dtype in [DType.f32, .bf16] {
+                    _ = try? MergedTensor(base: base[name]!, merge: merge, dtype: dtype, name: name).materialized()
+                }
+            }
+        }
+    }
+
+    /// The qtool binary that serves as the HDF5 helper (`QTOOL_BINARY`, or the release build).
+    public static let qtoolBinary: String = {
+        if let path = ProcessInfo.processInfo.environment["QTOOL_BINARY"] { return path }
+        var url = URL(fileURLWithPath: #filePath)
+        for _ in 0..<3 { url.deleteLastPathComponent() }
+        return url.path + "/.build/release/qtool"
+    }()
+
+    static func hdf5(_ data: UnsafeRawBufferPointer) {
+        withFile(data, suffix: ".h5") { path in
+            guard let reader = try? HDF5Reader(path: path, containment: .helperProcess(executable: qtoolBinary)) else { return }
+            var budget = dataBudget
+            for dataset in reader.datasets where dataset.byteCount <= budget {
+                budget -= dataset.byteCount
+                _ = try? reader.read(dataset)
+            }
+        }
+    }
+}

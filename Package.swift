@@ -58,7 +58,7 @@ let package = Package(
             name: "QuantizationTests",
             dependencies: ["Quantization", "SafetensorsFormat", "TensorCore", "TestSupport"]),
         .testTarget(name: "LoRAMergeTests", dependencies: ["LoRAMerge", "SafetensorsFormat", "TensorCore", "TestSupport"]),
-        .testTarget(name: "HDF5FormatTests", dependencies: ["HDF5Format", "SafetensorsFormat", "TensorCore", "TestSupport"]),
+        .testTarget(name: "HDF5FormatTests", dependencies: ["HDF5Format", "SafetensorsFormat", "TensorCore", "TestSupport", "qtool"]),
         .testTarget(name: "NF4FormatTests", dependencies: ["NF4Format", "TensorCore", "TestSupport"]),
         .testTarget(name: "CLibrariesTests", dependencies: ["CZstd", "CHDF5", "COpenBLAS"]),
         .testTarget(

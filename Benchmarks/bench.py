@@ -193,6 +193,63 @@ def hdf5_case(args, work, env):
             "speedup_vs_peer_inprocess": p["inproc"] / q["wall"], "speedup_vs_peer_process": p["wall"] / q["wall"]}
 
 
+def make_memory_inputs(work):
+    """About 4.3 GB of bf16: 32 Llama-named weights of 8192×8192 (134 MB each) and a norm,
+    written by safetensors; an r=16 PEFT-format adapter (random factors) on every weight."""
+    src, adapter = work / "memory-bf16-4GB.safetensors", work / "memory-adapter"
+    if src.exists() and (adapter / "adapter_model.safetensors").exists():
+        return src, adapter
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+    torch.manual_seed(0)
+    names = [f"model.layers.{i // 4}.mlp.proj_{i % 4}" for i in range(32)]
+    tensors = {f"{n}.weight": torch.randn(8192, 8192).to(torch.bfloat16) for n in names}
+    tensors["model.norm.weight"] = torch.ones(8192, dtype=torch.bfloat16)
+    tmp = src.with_suffix(".tmp")
+    save_file(tensors, tmp, metadata={"format": "pt"})
+    tmp.rename(src)
+    del tensors
+    adapter.mkdir(exist_ok=True)
+    factors = {}
+    for n in names:
+        factors[f"base_model.model.{n}.lora_A.weight"] = 0.01 * torch.randn(16, 8192)
+        factors[f"base_model.model.{n}.lora_B.weight"] = 0.01 * torch.randn(8192, 16)
+    save_file(factors, adapter / "adapter_model.safetensors")
+    (adapter / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": 16, "lora_alpha": 32, "target_modules": ["proj_0", "proj_1", "proj_2", "proj_3"]}))
+    return src, adapter
+
+
+def memory_cases(args, work, env):
+    """Peak RSS of every command and output format on the 4.3 GB input, against the bound of the
+    largest tensor + 256 MB."""
+    src, adapter = make_memory_inputs(work)
+    q, b, h = work / "m.nf4", work / "m-bnb", work / "m.h5"
+    cases = [
+        ("quantize -> .nf4", [args.qtool, "quantize", str(src), str(q)], None),
+        ("quantize -> bnb folder", [args.qtool, "quantize", str(src), str(b), "--format", "bnb"], None),
+        ("dequantize .nf4 -> safetensors", [args.qtool, "dequantize", str(q), str(work / "m-deq.safetensors")], work / "m-deq.safetensors"),
+        ("dequantize bnb -> folder", [args.qtool, "dequantize", str(b), str(work / "m-deq")], work / "m-deq"),
+        ("convert -> sharded folder", [args.qtool, "convert", str(src), str(work / "m-sharded"), "--max-shard-size", "1GB"], work / "m-sharded"),
+        ("convert --dtype f16 -> file", [args.qtool, "convert", str(src), str(work / "m-f16.safetensors"), "--dtype", "f16"], work / "m-f16.safetensors"),
+        ("convert -> HDF5", [args.qtool, "convert", str(src), str(h)], None),
+        ("convert HDF5 -> safetensors", [args.qtool, "convert", str(h), str(work / "m-from-h5.safetensors")], work / "m-from-h5.safetensors"),
+        ("merge -> safetensors", [args.qtool, "merge", str(src), "--adapter", str(adapter), "-o", str(work / "m-merged")], work / "m-merged"),
+        ("merge -> .nf4", [args.qtool, "merge", str(src), "--adapter", str(adapter), "-o", str(work / "m-merged.nf4")], work / "m-merged.nf4"),
+        ("merge .nf4 -> .nf4", [args.qtool, "merge", str(q), "--adapter", str(adapter), "-o", str(work / "m-merged2.nf4")], work / "m-merged2.nf4"),
+        ("merge bnb -> bnb", [args.qtool, "merge", str(b), "--adapter", str(adapter), "-o", str(work / "m-merged-bnb")], work / "m-merged-bnb"),
+    ]
+    rows = []
+    for name, cmd, output in cases:
+        wall, rss, _ = run(cmd + ["--quiet"], env)
+        rows.append({"case": name, "seconds": wall, "peak_rss": rss})
+        if output is not None:
+            remove(output)
+    remove(q, b, h)
+    return rows, src.stat().st_size, 8192 * 8192 * 2
+
+
 def fmt_bytes(n):
     return f"{n / 1e6:,.0f} MB"
 
@@ -204,10 +261,17 @@ def main():
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--qtool", default=str(ROOT / ".build/release/qtool"))
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
+    parser.add_argument("--only", choices=["memory"], help="run one part only")
     args = parser.parse_args()
 
     work = Path(args.dir)
     work.mkdir(parents=True, exist_ok=True)
+    if args.only == "memory":
+        env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+        mrows, msize, largest = memory_cases(args, work, env)
+        for r in mrows:
+            print(f"{r['case']:32} {r['seconds']:8.2f} {fmt_bytes(r['peak_rss']):>9} {str(r['peak_rss'] <= largest + 256e6):>6}")
+        return
     src = work / f"input-f32-{args.size_gb:g}GB.safetensors"
     make_input(src, args.size_gb)
     size = src.stat().st_size
@@ -277,8 +341,18 @@ def main():
     print(f"{h['case']:22} {h['qtool_seconds']:8.3f} {h['qtool_gbps']:6.2f} {fmt_bytes(h['qtool_peak_rss']):>9} | "
           f"{h['peer_inprocess_seconds']:7.3f} {h['peer_gbps']:6.2f} {h['peer_seconds']:9.3f} {fmt_bytes(h['peer_peak_rss']):>9} | "
           f"{h['speedup_vs_peer_inprocess']:6.2f} {h['speedup_vs_peer_process']:9.2f}")
+    mrows, msize, largest = memory_cases(args, work, env)
+    bound = largest + 256e6
+    print()
+    print(f"memory: {fmt_bytes(msize)} bf16 input (32 tensors of 8192×8192), r=16 adapter on each; "
+          f"bound = largest tensor + 256 MB = {fmt_bytes(bound)}")
+    header = f"{'case':32} {'qtool s':>8} {'peak RSS':>9} {'within bound':>13}"
+    print(header)
+    print("-" * len(header))
+    for r in mrows:
+        print(f"{r['case']:32} {r['seconds']:8.2f} {fmt_bytes(r['peak_rss']):>9} {str(r['peak_rss'] <= bound):>13}")
     if args.json:
-        print(json.dumps(results + qrows + [m, h], indent=2))
+        print(json.dumps(results + qrows + [m, h] + mrows, indent=2))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <malloc.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -22,13 +23,15 @@
 #define RENAME_EXCHANGE (1 << 1)
 #endif
 
-// Fixed tables read by signal handlers: slots are claimed and released with atomic exchanges, and
-// a released string is never freed (a handler on another thread may be reading it).
+// Fixed tables read by signal handlers: slots are claimed and released with atomic exchanges. A
+// released string is not freed at once (a handler on another thread may be reading it): it waits
+// in its slot's `retired` place until that slot is released again.
 #define TEMPORARY_SLOTS 4096
 #define MAPPING_SLOTS 4096
 
 // A temporary's kind is its string's first byte, so one atomic pointer carries both.
 static _Atomic(char *) temporaries[TEMPORARY_SLOTS];
+static _Atomic(char *) retired_temporaries[TEMPORARY_SLOTS];
 
 typedef struct {
     _Atomic(uintptr_t) base;
@@ -36,6 +39,7 @@ typedef struct {
     _Atomic(char *) message;
 } mapping_slot;
 static mapping_slot mappings[MAPPING_SLOTS];
+static _Atomic(char *) retired_messages[MAPPING_SLOTS];
 
 int qtool_temporary_register(const char *path, int kind) {
     size_t length = strlen(path);
@@ -52,7 +56,9 @@ int qtool_temporary_register(const char *path, int kind) {
 }
 
 void qtool_temporary_unregister(int slot) {
-    if (slot >= 0 && slot < TEMPORARY_SLOTS) atomic_exchange(&temporaries[slot], NULL);
+    if (slot < 0 || slot >= TEMPORARY_SLOTS) return;
+    char *entry = atomic_exchange(&temporaries[slot], NULL);
+    free(atomic_exchange(&retired_temporaries[slot], entry));
 }
 
 struct linux_dirent64 {
@@ -116,7 +122,8 @@ void qtool_mapping_unregister(int slot) {
     if (slot < 0 || slot >= MAPPING_SLOTS) return;
     atomic_store(&mappings[slot].length, 0);
     atomic_store(&mappings[slot].base, 0);
-    atomic_exchange(&mappings[slot].message, NULL);
+    char *message = atomic_exchange(&mappings[slot].message, NULL);
+    free(atomic_exchange(&retired_messages[slot], message));
 }
 
 static void write_all(int fd, const char *text) {
@@ -168,13 +175,22 @@ static void on_bus_error(int signal_number, siginfo_t *info, void *context) {
 }
 
 void qtool_install_signal_handlers(void) {
-    struct sigaction action;
+    struct sigaction action, previous;
     memset(&action, 0, sizeof action);
     sigemptyset(&action.sa_mask);
     action.sa_handler = on_termination;
-    sigaction(SIGINT, &action, NULL);
-    sigaction(SIGTERM, &action, NULL);
-    sigaction(SIGHUP, &action, NULL);
+    int terminating[] = {SIGINT, SIGTERM, SIGHUP};
+    sigset_t unblock;
+    sigemptyset(&unblock);
+    for (int i = 0; i < 3; i++) {
+        // A signal the parent chose to ignore (nohup's SIGHUP) stays ignored.
+        if (sigaction(terminating[i], NULL, &previous) == 0 && previous.sa_handler == SIG_IGN) continue;
+        sigaction(terminating[i], &action, NULL);
+        // A mask inherited from a parent's thread (posix_spawn keeps it) must not keep them out.
+        sigaddset(&unblock, terminating[i]);
+    }
+    sigaddset(&unblock, SIGBUS);
+    pthread_sigmask(SIG_UNBLOCK, &unblock, NULL);
 
     memset(&action, 0, sizeof action);
     sigemptyset(&action.sa_mask);

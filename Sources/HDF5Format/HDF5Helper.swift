@@ -14,20 +14,22 @@ import TensorCore
 public enum HDF5Containment: Sendable {
     /// libhdf5 in this process: for files qtool or a test just wrote.
     case inProcess
-    /// libhdf5 in a helper started from `executable` (a qtool binary).
-    case helperProcess(executable: String)
+    /// libhdf5 in a helper started from `executable` (a qtool binary); a request that takes
+    /// longer than `timeout` seconds stops it.
+    case helperProcess(executable: String, timeout: Double = HDF5HelperProcess.defaultTimeout)
 }
 
 /// The helper: spawning it, talking to it, and (in the helper) serving requests.
-final class HDF5HelperProcess: @unchecked Sendable {
+public final class HDF5HelperProcess: @unchecked Sendable {
     /// The argument that makes the qtool binary serve as the helper.
     static let argument = "--hdf5-helper"
     /// The helper's address-space limit: libhdf5 plus a few chunks of the largest datasets.
     static let addressSpaceLimit = 6 << 30
-    /// Seconds a request may take (`QTOOL_HDF5_TIMEOUT` overrides it).
-    static var timeout: Double {
-        ProcessInfo.processInfo.environment["QTOOL_HDF5_TIMEOUT"].flatMap(Double.init).flatMap { $0 > 0 ? $0 : nil } ?? 60
-    }
+    /// Seconds a request may take: 30, or `QTOOL_HDF5_TIMEOUT`.
+    public static let defaultTimeout: Double =
+        ProcessInfo.processInfo.environment["QTOOL_HDF5_TIMEOUT"].flatMap(Double.init).flatMap { $0 > 0 ? $0 : nil } ?? 30
+
+    private let timeout: Double
     /// The largest JSON answer the parent reads.
     static let maximumReply = HDF5Limits.maximumLayoutBytes + (64 << 20)
 
@@ -43,8 +45,9 @@ final class HDF5HelperProcess: @unchecked Sendable {
     private let path: String
     private var dead = false
 
-    init(executable: String, path: String) throws(HDF5Error) {
+    init(executable: String, timeout: Double, path: String) throws(HDF5Error) {
         self.path = path
+        self.timeout = timeout
         var pair: [Int32] = [-1, -1]
         guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
             throw .helperFailed(path: path, object: "/", reason: "cannot start qtool's HDF5 helper: \(systemErrorText())")
@@ -56,6 +59,16 @@ final class HDF5HelperProcess: @unchecked Sendable {
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+        // The helper starts with no signal blocked or ignored, whatever this thread inherited.
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var empty = sigset_t(), all = sigset_t()
+        sigemptyset(&empty)
+        sigfillset(&all)
+        posix_spawnattr_setsigmask(&attributes, &empty)
+        posix_spawnattr_setsigdefault(&attributes, &all)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
         let arguments = [executable, Self.argument]
         var environment = ProcessInfo.processInfo.environment
         environment["OPENBLAS_NUM_THREADS"] = "1"
@@ -66,7 +79,13 @@ final class HDF5HelperProcess: @unchecked Sendable {
             envp.forEach { free($0) }
         }
         var child: pid_t = 0
-        let status = posix_spawn(&child, executable, &actions, nil, argv, envp)
+        var status = posix_spawn(&child, executable, &actions, &attributes, argv, envp)
+        // A binary that another process has open for writing a moment longer (a concurrent fork
+        // inherited the descriptor) cannot be started yet: try again shortly.
+        for _ in 0..<50 where status == ETXTBSY {
+            usleep(20_000)
+            status = posix_spawn(&child, executable, &actions, &attributes, argv, envp)
+        }
         close(pair[1])
         guard status == 0 else {
             close(pair[0])
@@ -106,7 +125,7 @@ final class HDF5HelperProcess: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         guard !dead else { throw .helperFailed(path: path, object: object, reason: "qtool's HDF5 helper has already failed") }
-        let deadline = Date().addingTimeInterval(Self.timeout)
+        let deadline = Date().addingTimeInterval(timeout)
         do {
             var header = [kind.rawValue]
             let length = UInt64(4 + json.count + (payload?.count ?? 0))
@@ -155,7 +174,7 @@ final class HDF5HelperProcess: @unchecked Sendable {
         switch failure {
         case .timedOut:
             reap(kill: true)
-            return "libhdf5 did not answer within \(Int(Self.timeout)) s (a damaged file can make it loop); stopped"
+            return "libhdf5 did not answer within \(Int(timeout)) s (a damaged file can make it loop); stopped"
         case .protocolError:
             reap(kill: true)
             return "qtool's HDF5 helper answered nonsense (libhdf5 misbehaved on a damaged file)"

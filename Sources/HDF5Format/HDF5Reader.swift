@@ -59,8 +59,8 @@ public final class HDF5Reader: @unchecked Sendable {
             let session = HDF5Session()
             description = try session.open(path: path, allowExternal: allowExternal)
             backend = .inProcess(session)
-        case .helperProcess(let executable):
-            let helper = try HDF5HelperProcess(executable: executable, path: path)
+        case .helperProcess(let executable, let timeout):
+            let helper = try HDF5HelperProcess(executable: executable, timeout: timeout, path: path)
             let request = try JSONEncoder().encode(HDF5HelperProcess.OpenRequest(path: path, allowExternal: allowExternal))
             let reply = try helper.request(.open, json: request, object: "/")
             guard let decoded = try? JSONDecoder().decode(HDF5Description.self, from: reply) else {

@@ -34,8 +34,8 @@ public final class HDF5Writer {
                 let session = HDF5Session()
                 try session.create(temporaryPath: output.temporaryPath, reportedPath: path, layout: layout)
                 backend = .inProcess(session)
-            case .helperProcess(let executable):
-                let helper = try HDF5HelperProcess(executable: executable, path: path)
+            case .helperProcess(let executable, let timeout):
+                let helper = try HDF5HelperProcess(executable: executable, timeout: timeout, path: path)
                 backend = .helper(helper)
                 let request = HDF5HelperProcess.CreateRequest(
                     temporaryPath: output.temporaryPath, reportedPath: path, layout: layout?.json.compactSerialized())

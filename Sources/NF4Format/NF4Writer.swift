@@ -60,7 +60,8 @@ public final class NF4Writer {
         tensors.append(.object(members))
     }
 
-    public func addPlain(name: String, _ tensor: Tensor) throws {
+    /// A tensor stored as it is; it streams to the file unless its section is to be compressed.
+    public func addPlain(name: String, _ tensor: any TensorPayload) throws {
         try claim(name)
         tensors.append(.object([
             JSONMember(key: "name", value: .string(name)),
@@ -85,12 +86,12 @@ public final class NF4Writer {
         if gap > 0 { try output.write([UInt8](repeating: 0, count: gap)) }
     }
 
-    private func writeSection(_ payload: Tensor) throws -> NF4Section {
+    private func writeSection(_ payload: any TensorPayload) throws -> NF4Section {
         try padToAlignment()
         let offset = output.bytesWritten
         // A section that would expand past the readers' ratio limit is stored as it is.
         if let level = compressionLevel, payload.byteCount >= 256,
-            let frame = payload.withBytes({ ZstdCodec.compress($0, level: level) }), frame.count < payload.byteCount,
+            let frame = try payload.materialized().withBytes({ ZstdCodec.compress($0, level: level) }), frame.count < payload.byteCount,
             payload.byteCount / NF4Container.maximumCompressionRatio <= frame.count
         {
             try output.write(frame)

@@ -52,7 +52,7 @@ struct CheckpointWriter {
             return try writeNF4(path, names: names, produce: produce)
         case .safetensorsFile(let path):
             guard !FilePaths.isDirectory(path) else { throw CommandError(path: path, "is a folder, not a .safetensors file") }
-            let (items, _) = try materialize(names: names, produce: produce)
+            let (items, _) = try materialize(names: names, produce: produce, outputPath: path)
             try SafeTensorsWriter.write(items, metadata: metadata, toFile: path)
             return [path]
         case .folder(let path):
@@ -91,7 +91,7 @@ struct CheckpointWriter {
             for (index, name) in names.enumerated() {
                 switch try pipeline.item(index) {
                 case .quantized(let q): try writer.addQuantized(name: name, QuantizedAdapter.toContainer(q))
-                case .plain(let payload): try writer.addPlain(name: name, try materializeTensor(payload))
+                case .plain(let payload): try writer.addPlain(name: name, ProgressPayload(base: payload, progress: progress))
                 }
             }
             for companion in companions {
@@ -108,33 +108,49 @@ struct CheckpointWriter {
         return [path]
     }
 
-    /// Turns quantized tensors into bitsandbytes-layout tensors (which needs them all in hand:
-    /// safetensors puts every tensor's size in its header).
-    private func materialize(names: [String], produce: (Int) throws -> OutputItem) throws -> ([SafeTensorsWriter.Item], QuantizedTensor?) {
-        var items: [SafeTensorsWriter.Item] = []
+    /// Turns quantized tensors into bitsandbytes-layout tensors. safetensors puts every size in
+    /// its header, so every tensor must be in hand before the first byte is written: the 4-bit
+    /// parts computed here are set aside in a spill file beside the output (not memory) and
+    /// mapped back; plain payloads stay lazy and are computed as they are written.
+    private func materialize(names: [String], produce: (Int) throws -> OutputItem, outputPath: String) throws
+        -> ([SafeTensorsWriter.Item], QuantizedTensor?)
+    {
+        enum Pending {
+            case ready(SafeTensorsWriter.Item)
+            case spilled(name: String, dtype: DType, shape: Shape, range: Range<Int>)
+        }
+        var pending: [Pending] = []
         var firstQuantized: QuantizedTensor? = nil
+        var spill: SpillFile? = nil
         for (index, name) in names.enumerated() {
             switch try produce(index) {
             case .plain(let payload):
-                items.append(SafeTensorsWriter.Item(name: name, payload: ProgressPayload(base: payload, progress: progress)))
+                pending.append(.ready(SafeTensorsWriter.Item(name: name, payload: ProgressPayload(base: payload, progress: progress))))
             case .quantized(let q):
                 firstQuantized = firstQuantized ?? q
                 for part in BitsandbytesLayout.export(name: name, q) {
-                    items.append(SafeTensorsWriter.Item(name: part.name, payload: part.tensor))
+                    guard case .owned = part.tensor.storage, part.tensor.byteCount >= 1 << 16 else {
+                        pending.append(.ready(SafeTensorsWriter.Item(name: part.name, payload: part.tensor)))
+                        continue
+                    }
+                    if spill == nil { spill = try SpillFile(directory: FilePaths.directory(of: outputPath)) }
+                    pending.append(.spilled(name: part.name, dtype: part.tensor.dtype, shape: part.tensor.shape, range: try spill!.append(part.tensor)))
                 }
+            }
+        }
+        let mapping = try spill?.mapped()
+        let items = pending.map { item -> SafeTensorsWriter.Item in
+            switch item {
+            case .ready(let item): return item
+            case .spilled(let name, let dtype, let shape, let range):
+                return SafeTensorsWriter.Item(name: name, payload: Tensor(dtype: dtype, shape: shape, storage: .mapped(mapping!, range)))
             }
         }
         return (items, firstQuantized)
     }
 
-    private func materializeTensor(_ payload: any TensorPayload) throws -> Tensor {
-        let tensor = try payload.materialized()
-        progress.advance(by: payload.byteCount)
-        return tensor
-    }
-
     private func writeFolder(_ path: String, names: [String], produce: (Int) throws -> OutputItem) throws -> [String] {
-        let (items, firstQuantized) = try materialize(names: names, produce: produce)
+        let (items, firstQuantized) = try materialize(names: names, produce: produce, outputPath: path)
         let shards: [[SafeTensorsWriter.Item]]
         if let maxShardSize {
             shards = ShardedWriter.planShards(byteCounts: items.map(\.payload.byteCount), maxShardSize: maxShardSize).map { $0.map { items[$0] } }

@@ -127,7 +127,8 @@ struct MergeCommand: ParsableCommand {
                 if format == .safetensors {
                     return .plain(try MergedTensor(base: restored, merge: change, dtype: castTo ?? Self.floatType(q.originalDType), name: entry.name))
                 }
-                let merged = try MergedTensor(base: restored, merge: change, dtype: .f32, name: entry.name).materialized()
+                // The float32 merge streams into the quantizer: never held whole.
+                let merged = try MergedTensor(base: restored, merge: change, dtype: .f32, name: entry.name)
                 progress.advance(by: q.storedBytes)
                 return .quantized(try quantize(merged, entry.name, type: q.quantType, blocksize: q.blocksize, double: q.isDoubleQuantized))
             case .plain(let tensor):
@@ -143,9 +144,8 @@ struct MergeCommand: ParsableCommand {
                 guard format != .safetensors, selection.shouldQuantize(name: entry.name, dtype: tensor.dtype, shape: tensor.shape) else {
                     return .plain(payload)
                 }
-                let source = try payload.materialized()
                 progress.advance(by: tensor.byteCount)
-                return .quantized(try quantize(source, entry.name, type: .nf4, blocksize: 64, double: true))
+                return .quantized(try quantize(payload, entry.name, type: .nf4, blocksize: 64, double: true))
             }
         }
         progress.finish()
@@ -177,10 +177,10 @@ struct MergeCommand: ParsableCommand {
 
     private static func floatType(_ dtype: DType) -> DType { dtype == .f64 ? .f32 : dtype }
 
-    private func quantize(_ tensor: Tensor, _ name: String, type: QuantType, blocksize: Int, double: Bool) throws -> QuantizedTensor {
+    private func quantize(_ tensor: any TensorPayload, _ name: String, type: QuantType, blocksize: Int, double: Bool) throws -> QuantizedTensor {
         do {
             return try QuantizedTensor.quantize(tensor, type: type, blocksize: blocksize, doubleQuantization: double)
-        } catch {
+        } catch let error as QuantizationError {
             throw CommandError(path: base, "tensor '\(name)' after the merge: \(error)")
         }
     }

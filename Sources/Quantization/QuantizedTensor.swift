@@ -41,31 +41,16 @@ public struct QuantizedTensor: Sendable {
         }
     }
 
-    /// Quantizes `source` (f32, f16, bf16 or f64), optionally with double quantization.
+    /// Quantizes `source` (f32, f16, bf16 or f64), optionally with double quantization. The
+    /// source streams through the quantizer a few megabytes at a time (a mapped tensor's pages
+    /// are given back as it goes, a computed one is never held whole), so memory is the 4-bit
+    /// result plus a chunk.
     public static func quantize(
-        _ source: Tensor, type: QuantType, blocksize: Int, doubleQuantization: Bool
-    ) throws(QuantizationError) -> QuantizedTensor {
-        let outcome = source.withBytes { raw in
-            Result { () throws(QuantizationError) in
-                try BlockwiseQuantizer.quantizeToBuffer(
-                    raw.baseAddress ?? UnsafeRawPointer(bitPattern: 8)!, dtype: source.dtype, count: source.elementCount,
-                    blocksize: blocksize, type: type)
-            }
-        }
-        let first = try outcome.get()
-        let packed = Tensor(dtype: .u8, shape: [first.packed.count], storage: .owned(first.packed))
-        let absmax: Absmax
-        if doubleQuantization {
-            let nested = DoubleQuantizedAbsmax.quantize(first.absmax)
-            absmax = .double(
-                codes: Tensor(dtype: .u8, shape: [nested.codes.count], values: nested.codes),
-                nestedAbsmax: Tensor(dtype: .f32, shape: [nested.nestedAbsmax.count], values: nested.nestedAbsmax),
-                offset: nested.offset, nestedBlocksize: DoubleQuantizedAbsmax.nestedBlocksize)
-        } else {
-            absmax = .plain(Tensor(dtype: .f32, shape: [first.absmax.count], values: first.absmax))
-        }
-        return QuantizedTensor(
-            quantType: type, blocksize: blocksize, shape: source.shape, originalDType: source.dtype, packed: packed, absmax: absmax)
+        _ source: any TensorPayload, type: QuantType, blocksize: Int, doubleQuantization: Bool
+    ) throws -> QuantizedTensor {
+        var quantizer = try StreamingQuantizer(dtype: source.dtype, shape: source.shape, type: type, blocksize: blocksize)
+        try source.stream(chunkBytes: StreamingQuantizer.chunkBytes) { piece throws(QuantizationError) in try quantizer.consume(piece) }
+        return try quantizer.finish(originalDType: source.dtype, doubleQuantization: doubleQuantization)
     }
 
     /// Refuses block scales that would dequantize to NaN or infinity (a file that was damaged or
@@ -195,5 +180,101 @@ public struct DequantizedTensor: TensorPayload {
             if n == 0 { try sink(UnsafeRawBufferPointer(start: output.buffer.baseAddress, count: 0)) }
         }
         source.packed.releaseResidentPages()
+    }
+}
+
+/// Block-wise quantization of a tensor that arrives in pieces of any length: whole blocks are
+/// quantized as they complete (the same kernel, so the same codes as quantizing it at once), and
+/// the codes and scales are collected in place.
+public struct StreamingQuantizer {
+    /// Bytes of source handed to the kernel at a time.
+    public static let chunkBytes = 8 << 20
+
+    let dtype: DType
+    let shape: Shape
+    let type: QuantType
+    let blocksize: Int
+    let count: Int
+    /// Elements quantized so far.
+    private var done = 0
+    private let packed: OwnedBytes
+    private var absmax: [Float] = []
+    /// Bytes of a block not yet complete (kept until the next piece completes it).
+    private var carry: [UInt8] = []
+
+    public init(dtype: DType, shape: Shape, type: QuantType, blocksize: Int) throws(QuantizationError) {
+        try BlockwiseQuantizer.checkBlocksize(blocksize)
+        guard [.f32, .f16, .bf16, .f64].contains(dtype) else { throw .unsupportedDType(dtype) }
+        self.dtype = dtype
+        self.shape = shape
+        self.type = type
+        self.blocksize = blocksize
+        count = shape.elementCount
+        packed = OwnedBytes(count: (count + 1) / 2)
+        absmax.reserveCapacity(count / blocksize + 1)
+    }
+
+    private var width: Int { dtype.bitSize / 8 }
+
+    /// Takes the next bytes of the source (a whole number of elements overall).
+    public mutating func consume(_ bytes: UnsafeRawBufferPointer) throws(QuantizationError) {
+        guard bytes.count > 0 else { return }
+        var input = bytes
+        let blockBytes = blocksize * width
+        if !carry.isEmpty {
+            let take = min(blockBytes - carry.count, input.count)
+            carry += input[0..<take]
+            input = UnsafeRawBufferPointer(rebasing: input[take...])
+            guard carry.count == blockBytes else { return }
+            let block = carry
+            carry = []
+            try quantize(copying: block)
+        }
+        let whole = input.count / blockBytes * blockBytes
+        if whole > 0 { try quantize(UnsafeRawBufferPointer(rebasing: input[0..<whole])) }
+        carry += input[whole...]
+    }
+
+    private mutating func quantize(copying bytes: [UInt8]) throws(QuantizationError) {
+        let outcome = bytes.withUnsafeBytes { raw in Result { () throws(QuantizationError) in try quantize(raw) } }
+        try outcome.get()
+    }
+
+    /// Quantizes whole blocks (or the tensor's last, partial one) and stores their codes.
+    private mutating func quantize(_ bytes: UnsafeRawBufferPointer) throws(QuantizationError) {
+        let elements = bytes.count / width
+        guard done + elements <= count else { throw .invalidLayout(tensor: "", problem: "more elements than the shape holds") }
+        let part: (packed: OwnedBytes, absmax: [Float])
+        do {
+            part = try BlockwiseQuantizer.quantizeToBuffer(bytes.baseAddress!, dtype: dtype, count: elements, blocksize: blocksize, type: type)
+        } catch .nonFinite(let index) {
+            throw .nonFinite(elementIndex: done + index)
+        }
+        // Pieces start on a block boundary, and blocks hold an even number of elements.
+        (packed.buffer.baseAddress! + done / 2).copyMemory(from: part.packed.buffer.baseAddress!, byteCount: part.packed.count)
+        absmax += part.absmax
+        done += elements
+    }
+
+    /// The quantized tensor, once every element has arrived.
+    public mutating func finish(originalDType: DType, doubleQuantization: Bool) throws(QuantizationError) -> QuantizedTensor {
+        if !carry.isEmpty {
+            let last = carry
+            carry = []
+            try quantize(copying: last)
+        }
+        guard done == count else { throw .invalidLayout(tensor: "", problem: "\(done) of \(count) elements arrived") }
+        let codes = Tensor(dtype: .u8, shape: [packed.count], storage: .owned(packed))
+        let scales: QuantizedTensor.Absmax
+        if doubleQuantization {
+            let nested = DoubleQuantizedAbsmax.quantize(absmax)
+            scales = .double(
+                codes: Tensor(dtype: .u8, shape: [nested.codes.count], values: nested.codes),
+                nestedAbsmax: Tensor(dtype: .f32, shape: [nested.nestedAbsmax.count], values: nested.nestedAbsmax),
+                offset: nested.offset, nestedBlocksize: DoubleQuantizedAbsmax.nestedBlocksize)
+        } else {
+            scales = .plain(Tensor(dtype: .f32, shape: [absmax.count], values: absmax))
+        }
+        return QuantizedTensor(quantType: type, blocksize: blocksize, shape: shape, originalDType: originalDType, packed: codes, absmax: scales)
     }
 }

@@ -1,3 +1,5 @@
+import CProcess
+
 #if canImport(Glibc)
     import Glibc
 #elseif canImport(Darwin)
@@ -77,5 +79,46 @@ public final class MappedFile: @unchecked Sendable {
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))
         let start = range.lowerBound / page * page
         _ = madvise(UnsafeMutableRawPointer(mutating: base + start), range.upperBound - start, MADV_WILLNEED)
+    }
+}
+
+/// Bytes set aside while an output that lists every size up front is prepared (a safetensors
+/// file of 4-bit tensors needs them all before its header): written once to an unlinked file
+/// beside the output, then mapped back and streamed like any input, so they take disk, not memory.
+public final class SpillFile: @unchecked Sendable {
+    private var fd: Int32
+    private var length = 0
+    private let directory: String
+
+    public init(directory: String) throws {
+        self.directory = directory
+        var template = Array("\(directory)/.qtool-spill-XXXXXX".utf8CString)
+        fd = template.withUnsafeMutableBufferPointer { qtool_make_temporary($0.baseAddress!) }
+        guard fd >= 0 else { throw TensorCoreError.cannotWrite(path: directory, reason: systemErrorText()) }
+        // Unlinked at once: the file goes with the process however it ends.
+        template.withUnsafeBufferPointer { _ = unlink($0.baseAddress!) }
+    }
+
+    deinit { if fd >= 0 { close(fd) } }
+
+    /// Appends a payload's bytes; returns where they lie.
+    public func append(_ payload: any TensorPayload) throws -> Range<Int> {
+        let start = length
+        try payload.stream(chunkBytes: 8 << 20) { piece in
+            var offset = 0
+            while offset < piece.count {
+                let n = write(fd, piece.baseAddress! + offset, piece.count - offset)
+                if n < 0 && errno == EINTR { continue }
+                guard n > 0 else { throw TensorCoreError.cannotWrite(path: directory, reason: "setting aside 4-bit tensors: \(systemErrorText())") }
+                offset += n
+            }
+            length += piece.count
+        }
+        return start..<length
+    }
+
+    /// The bytes written so far, mapped.
+    public func mapped() throws -> MappedFile {
+        try MappedFile(path: "/proc/self/fd/\(fd)")
     }
 }

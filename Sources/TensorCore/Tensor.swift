@@ -5,12 +5,26 @@
 #endif
 
 /// Bytes owned by a tensor, allocated once and freed with it.
+///
+/// Large buffers (a tensor, its 4-bit codes) are mapped from the kernel and unmapped when freed:
+/// in the heap, a run of them freed and allocated again tensor after tensor, with smaller
+/// allocations in between, fragments it, and a model's worth of freed buffers stays resident.
 public final class OwnedBytes: @unchecked Sendable {
     public let buffer: UnsafeMutableRawBufferPointer
+    private let isMapped: Bool
+    static let mappedFrom = 16 << 20
 
     public init(count: Int) {
-        buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(count, 1), alignment: 64)
-        if count == 0 { buffer.storeBytes(of: 0, as: UInt8.self) }
+        if count >= Self.mappedFrom, let pointer = mmap(nil, count, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+            pointer != MAP_FAILED
+        {
+            buffer = UnsafeMutableRawBufferPointer(start: pointer, count: count)
+            isMapped = true
+        } else {
+            buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(count, 1), alignment: 64)
+            if count == 0 { buffer.storeBytes(of: 0, as: UInt8.self) }
+            isMapped = false
+        }
         self.count = count
     }
 
@@ -21,7 +35,9 @@ public final class OwnedBytes: @unchecked Sendable {
 
     public let count: Int
 
-    deinit { buffer.deallocate() }
+    deinit {
+        if isMapped { munmap(buffer.baseAddress, buffer.count) } else { buffer.deallocate() }
+    }
 }
 
 /// Where a tensor's bytes live: in memory it owns, or in a range of a memory-mapped file.

@@ -46,11 +46,22 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         }
     }
 
+    /// Where inputs become files: memory (/dev/shm) where there is one, so runs are not disk-bound.
+    static let scratch = FileManager.default.fileExists(atPath: "/dev/shm") ? "/dev/shm/" : NSTemporaryDirectory()
+
     /// The bytes as a file (the readers map files).
     static func withFile(_ data: UnsafeRawBufferPointer, suffix: String, _ body: (String) -> Void) {
-        let path = NSTemporaryDirectory() + "qtool-fuzz-\(getpid())-\(UInt64.random(in: 0...UInt64.max))" + suffix
-        guard FileManager.default.createFile(atPath: path, contents: Data(data)) else { return }
+        let path = scratch + "qtool-fuzz-\(getpid())-\(UInt64.random(in: 0...UInt64.max))" + suffix
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { return }
         defer { unlink(path) }
+        var offset = 0
+        while offset < data.count {
+            let n = write(fd, data.baseAddress! + offset, data.count - offset)
+            guard n > 0 else { break }
+            offset += n
+        }
+        close(fd)
         body(path)
     }
 
@@ -137,7 +148,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
 
     static func hdf5(_ data: UnsafeRawBufferPointer) {
         withFile(data, suffix: ".h5") { path in
-            guard let reader = try? HDF5Reader(path: path, containment: .helperProcess(executable: qtoolBinary)) else { return }
+            guard let reader = try? HDF5Reader(path: path, containment: .helperProcess(executable: qtoolBinary, timeout: 5)) else { return }
             var budget = dataBudget
             for dataset in reader.datasets where dataset.byteCount <= budget {
                 budget -= dataset.byteCount

@@ -1,5 +1,5 @@
 import Foundation
-import HDF5Format
+@testable import HDF5Format
 import SafetensorsFormat
 import TensorCore
 import Testing
@@ -102,5 +102,63 @@ struct HDF5Tests {
         #expect(!KerasKernels.isDenseKernel(name: "layers.conv1d.vars.0", shape: [3, 4, 8]))
         let t = Tensor(dtype: .f32, shape: [2, 3], values: [Float(1), 2, 3, 4, 5, 6])
         #expect(KerasKernels.transposed(t).values(as: Float.self) == [1, 4, 2, 5, 3, 6])
+    }
+}
+
+/// libhdf5 misbehaving in the helper: a crash, a hang or nonsense end in the file's error, in
+/// bounded time. The helper is replaced by scripts that misbehave in each way.
+struct HDF5ContainmentTests {
+    static func helper(_ body: String) throws -> String {
+        let path = Fixtures.temporaryFolder() + "/helper.sh"
+        try Data("#!/bin/sh\n\(body)\n".utf8).write(to: URL(fileURLWithPath: path))
+        chmod(path, 0o755)
+        return path
+    }
+
+    @Test(arguments: [
+        ("kill -SEGV $$", "libhdf5 crashed (SIGSEGV)"),
+        ("kill -ABRT $$", "libhdf5 crashed (SIGABRT)"),
+        ("exec sleep 30", "did not answer within 1 s"),
+        ("head -c 9 <&3 >/dev/null; printf 'garbage-that-is-no-answer' >&3; sleep 5", "answered nonsense"),
+        ("exit 3", "stopped (status 3)"),
+    ])
+    func aMisbehavingHelperIsTheFilesError(_ script: String, _ message: String) throws {
+        let path = Fixtures.path("hdf5/generic.h5")
+        let helper = try Self.helper(script)
+        #expect {
+            _ = try HDF5Reader(path: path, containment: .helperProcess(executable: helper, timeout: 1))
+        } throws: { error in
+            guard let error = error as? HDF5Error, case .helperFailed = error, error.path == path else { return false }
+            return error.problem.contains(message)
+        }
+    }
+
+    /// The real helper (the qtool binary) reads what the in-process reader reads.
+    @Test func theHelperReadsWhatTheLibraryReads() throws {
+        let path = Fixtures.path("hdf5/generic.h5")
+        let contained = try HDF5Reader(path: path, containment: .helperProcess(executable: QToolBinary.path))
+        let direct = try HDF5Reader(path: path, containment: .inProcess)
+        #expect(contained.layout == direct.layout && contained.kind == direct.kind)
+        for (a, b) in zip(contained.datasets, direct.datasets) {
+            let same = try contained.read(a).isIdentical(to: try direct.read(b))
+            #expect(same, "\(a.name)")
+        }
+    }
+
+    /// Datasets cut into slabs: whole rows where they fit, parts of rows where they do not, and
+    /// together every element once, in order.
+    @Test(arguments: [[7], [3, 5], [4, 1, 6], [2, 3, 4, 5], [], [0, 3], [1, 100]])
+    func slabsCoverEveryElementInOrder(_ shape: [Int]) {
+        let slabs = HDF5Slabs.plan(shape: shape, elementBytes: 4, maxBytes: 4 * 7)
+        var next = 0
+        for slab in slabs {
+            // The slab's first element in row-major order.
+            var index = 0
+            for (d, start) in slab.start.enumerated() { index = index * shape[d] + start }
+            #expect(index == next, "\(slab)")
+            #expect(slab.elementCount <= 7 || slab.count.dropFirst().allSatisfy { $0 == 1 } == false)
+            next += slab.elementCount
+        }
+        #expect(next == shape.reduce(1, *))
     }
 }

@@ -4,7 +4,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -212,5 +211,3 @@ int qtool_make_temporary(char *template_path) { return mkostemp(template_path, O
 int qtool_try_lock(int fd) { return flock(fd, LOCK_EX | LOCK_NB); }
 
 void qtool_die_with_parent(void) { prctl(PR_SET_PDEATHSIG, SIGKILL); }
-
-int qtool_mallopt(int parameter, int value) { return mallopt(parameter, value); }

@@ -12,8 +12,9 @@ import TensorCore
 /// Every element of the result must be finite in `dtype`: a scale that overflows, or a base that
 /// holds NaN or infinity, is an error rather than a tensor of infinities.
 public struct MergedTensor: TensorPayload {
-    /// The tensor the merge starts from: the adapter's replacement if it has one, else the base.
-    public let start: Tensor
+    /// The tensor the merge starts from: the adapter's replacement if it has one, else the base
+    /// (a stored tensor, or a 4-bit one dequantized a block of rows at a time).
+    public let start: any FloatRowSource
     public let merge: TensorMerge
     public let dtype: DType
     /// The base tensor's name, for errors.
@@ -21,12 +22,14 @@ public struct MergedTensor: TensorPayload {
 
     /// Refuses a merge that cannot be written as `dtype`: float32 values are written as F64,
     /// F32, F16 or BF16; a tensor an adapter only replaces is copied or cast.
-    public init(base: Tensor, merge: TensorMerge, dtype: DType, name: String = "") throws(LoRAError) {
+    public init(base: any FloatRowSource, merge: TensorMerge, dtype: DType, name: String = "") throws(LoRAError) {
         start = merge.replacement?.tensor ?? base
         self.merge = merge
         self.dtype = dtype
         self.name = name
-        let convertible = merge.terms.isEmpty ? FloatConversion.canConvert(from: start.dtype, to: dtype) : FloatConversion.encodable.contains(dtype)
+        let convertible =
+            merge.terms.isEmpty
+            ? start is Tensor && FloatConversion.canConvert(from: start.dtype, to: dtype) : FloatConversion.encodable.contains(dtype)
         guard convertible else {
             throw .cannotMerge(
                 path: merge.adapterPath, tensor: name,
@@ -35,10 +38,10 @@ public struct MergedTensor: TensorPayload {
     }
 
     public var shape: Shape { start.shape }
-    public var byteCount: Int { start.elementCount * dtype.bitSize / 8 }
+    public var byteCount: Int { start.shape.elementCount * dtype.bitSize / 8 }
 
     public func stream(chunkBytes: Int, into sink: (UnsafeRawBufferPointer) throws -> Void) throws {
-        let total = start.elementCount
+        let total = start.shape.elementCount
         let rows = start.shape.rank == 2 ? start.shape.dimensions[0] : 1
         let columns = rows == 0 ? 0 : total / rows
         guard total > 0 else {
@@ -46,10 +49,11 @@ public struct MergedTensor: TensorPayload {
         }
         if merge.terms.isEmpty {
             // Only replaced: the adapter's tensor as it is, or cast.
-            return try CastTensor(start, to: dtype)!.stream(chunkBytes: chunkBytes, into: sink)
+            return try CastTensor(start as! Tensor, to: dtype)!.stream(chunkBytes: chunkBytes, into: sink)
         }
         if merge.isBias {
-            var values = LoRAModule.floats(start)
+            var values = [Float](repeating: 0, count: total)
+            values.withUnsafeMutableBufferPointer { start.widenRows(0..<1, columns: total, into: $0.baseAddress!) }
             for term in merge.terms {
                 let bias = LoRAModule.floats(term.module.biasB!)
                 for index in values.indices { values[index] += term.scale * bias[index] }
@@ -114,18 +118,12 @@ public struct MergedTensor: TensorPayload {
 
     /// Rows `rows` of the starting tensor, as float32, into `values`.
     private func widen(rows: Range<Int>, columns: Int, into values: UnsafeMutablePointer<Float>) {
-        let width = start.dtype.bitSize / 8
-        start.withBytes { raw in
-            FloatConversion.decodeToFloat32(
-                raw.baseAddress! + rows.lowerBound * columns * width, start.dtype, from: 0, count: rows.count * columns, into: values)
-        }
+        start.widenRows(rows, columns: columns, into: values)
     }
 
-    /// Gives back the resident pages of rows already merged (a mapped base streams through).
+    /// Gives back the memory of rows already merged (a mapped base streams through).
     private func releasePages(rows: Range<Int>, columns: Int) {
-        guard case .mapped(let file, let range) = start.storage else { return }
-        let width = start.dtype.bitSize / 8
-        file.releasePages((range.lowerBound + rows.lowerBound * columns * width)..<(range.lowerBound + rows.upperBound * columns * width))
+        start.releaseRows(rows, columns: columns)
     }
 
     /// `values[rows] += scale · Δ[rows]`, Δ = `B·A` laid out as the base tensor is.

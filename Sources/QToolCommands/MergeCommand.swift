@@ -123,7 +123,7 @@ struct MergeCommand: ParsableCommand {
                 }
                 // As PEFT on a bitsandbytes layer: dequantize to the weight's dtype, add the delta
                 // in float32, quantize the float32 result with the same settings.
-                let restored = q.dequantized(to: Self.floatType(q.originalDType))
+                let restored = QuantizedRows(q)
                 if format == .safetensors {
                     return .plain(try MergedTensor(base: restored, merge: change, dtype: castTo ?? Self.floatType(q.originalDType), name: entry.name))
                 }

@@ -73,10 +73,6 @@ public struct QTool: ParsableCommand {
         if let status = HDF5Helper.serveIfAsked(CommandLine.arguments) { Glibc.exit(status) }
         // Temporaries go with the process on SIGINT/SIGTERM; a truncated input is an error.
         ProcessCleanup.installSignalHandlers()
-        // Tensors stream through buffers of a few megabytes that are freed and allocated again
-        // tensor after tensor; keep them in the heap instead of unmapping and faulting them in anew.
-        // _ = qtool_mallopt(-3, 64 << 20)  // M_MMAP_THRESHOLD
-        // _ = qtool_mallopt(-1, 128 << 20)  // M_TRIM_THRESHOLD
         Glibc.exit(run())
     }
 }

@@ -178,18 +178,34 @@ struct QuantizationErrorStats {
     var largest = 0.0
     var count = 0
 
+    /// Compares a chunk at a time (the source widened, the codes dequantized as bitsandbytes
+    /// does), so measuring holds no tensor whole.
     mutating func add(source: Tensor, quantized: QuantizedTensor) {
         guard let widened = CastTensor(source, to: .f32) else { return }
-        let restored = quantized.dequantized(to: .f32).values(as: Float.self)
+        let scales = quantized.blockScales()
+        let negativeZero = (quantized.shape.dimensions.last ?? 1) % 2 == 0
+        // 2^20 elements a chunk: a whole number of blocks of every block size.
+        var restored = [Float](repeating: 0, count: 1 << 20)
         var index = 0
-        try? widened.stream(chunkBytes: 1 << 20) { piece in
-            for value in piece.bindMemory(to: Float.self) {
-                let difference = Double(restored[index]) - Double(value)
+        try? widened.stream(chunkBytes: 4 << 20) { piece in
+            let values = piece.bindMemory(to: Float.self)
+            let first = index / quantized.blocksize
+            let last = (index + values.count + quantized.blocksize - 1) / quantized.blocksize
+            restored.withUnsafeMutableBytes { out in
+                quantized.packed.withBytes { packed in
+                    Dequantizer.dequantize(
+                        packed: packed.baseAddress! + index / 2, absmax: scales[first..<last], count: values.count,
+                        blocksize: quantized.blocksize, type: quantized.quantType, fp4NegativeZero: negativeZero,
+                        into: out.baseAddress!, dtype: .f32)
+                }
+            }
+            for (offset, value) in values.enumerated() {
+                let difference = Double(restored[offset]) - Double(value)
                 squaredError += difference * difference
                 squaredSource += Double(value) * Double(value)
                 largest = max(largest, abs(difference))
-                index += 1
             }
+            index += values.count
         }
         count += index
     }

@@ -21,7 +21,7 @@ public enum Dequantizer {
     /// byte and `absmax` holds their blocks' scales.
     public static func dequantize(
         packed: UnsafeRawPointer, absmax: ArraySlice<Float>, count n: Int, blocksize: Int, type: QuantType,
-        fp4NegativeZero: Bool, into destination: UnsafeMutableRawPointer, dtype: DType
+        fp4NegativeZero: Bool, into destination: UnsafeMutableRawPointer, dtype: DType, threads: Int = ParallelismSettings.threadCount
     ) {
         let absmax = Array(absmax)
         var table = type.code
@@ -36,7 +36,7 @@ public enum Dequantizer {
             pairs.withUnsafeBufferPointer { pairTable in
                 let scalePointer = SendableRawPointer(UnsafeRawPointer(scales.baseAddress!))
                 let table = SendableRawPointer(UnsafeRawPointer(pairTable.baseAddress!))
-                parallelForChunks(count: blocks, chunk: max(1, 32768 / blocksize)) { blockRange in
+                parallelForChunks(count: blocks, chunk: max(1, 32768 / blocksize), threads: threads) { blockRange in
                     let bytes = input.raw.assumingMemoryBound(to: UInt8.self)
                     let lookup = table.raw.assumingMemoryBound(to: SIMD2<Float>.self)
                     let scaleOf = scalePointer.raw.assumingMemoryBound(to: Float.self)

@@ -63,11 +63,18 @@ public struct QuantizedTensor: Sendable {
         throw .invalidLayout(tensor: name, problem: "block \(bad) has a scale that is not a finite number")
     }
 
-    /// The float32 block scales (undoing double quantization).
+    /// The float32 block scales (undoing double quantization). Scales mapped from a file are
+    /// copied out and their pages given back.
     public func blockScales() -> [Float] {
         switch absmax {
-        case .plain(let scales): return scales.values(as: Float.self)
+        case .plain(let scales):
+            defer { scales.releaseResidentPages() }
+            return scales.values(as: Float.self)
         case .double(let codes, let nested, let offset, _):
+            defer {
+                codes.releaseResidentPages()
+                nested.releaseResidentPages()
+            }
             return DoubleQuantizedAbsmax(codes: codes.values(as: UInt8.self), nestedAbsmax: nested.values(as: Float.self), offset: offset)
                 .dequantize()
         }
@@ -75,7 +82,7 @@ public struct QuantizedTensor: Sendable {
 
     /// The tensor back in `dtype`, produced a few megabytes at a time as it streams.
     public func dequantizedPayload(to dtype: DType) -> DequantizedTensor {
-        DequantizedTensor(source: self, dtype: dtype, scales: blockScales())
+        DequantizedTensor(source: self, dtype: dtype)
     }
 
     /// The tensor back in `dtype` (f32, f16 or bf16), as bitsandbytes' dequantize_4bit.
@@ -87,6 +94,8 @@ public struct QuantizedTensor: Sendable {
                 packed: codes.baseAddress ?? UnsafeRawPointer(bitPattern: 8)!, absmax: scales, shape: shape, blocksize: blocksize,
                 type: quantType, into: output.buffer.baseAddress!, dtype: dtype)
         }
+        // Codes mapped from a file have been read: their pages need not stay resident.
+        packed.releaseResidentPages()
         return Tensor(dtype: dtype, shape: shape, storage: .owned(output))
     }
 }
@@ -153,7 +162,6 @@ public enum Glob {
 public struct DequantizedTensor: TensorPayload {
     public let source: QuantizedTensor
     public let dtype: DType
-    let scales: [Float]
 
     public var shape: Shape { source.shape }
     public var byteCount: Int { source.elementCount * dtype.bitSize / 8 }
@@ -164,6 +172,9 @@ public struct DequantizedTensor: TensorPayload {
         let blocksPerChunk = max(1, chunkBytes / (source.blocksize * width))
         let output = OwnedBytes(count: min(n, blocksPerChunk * source.blocksize) * width)
         let negativeZero = (source.shape.dimensions.last ?? 1) % 2 == 0
+        // Decoded here, not when the payload is made: a checkpoint's payloads are all made
+        // before the first is written.
+        let scales = source.blockScales()
         try source.packed.withBytes { packed in
             var block = 0
             while block < source.blockCount {
@@ -276,5 +287,48 @@ public struct StreamingQuantizer {
             scales = .plain(Tensor(dtype: .f32, shape: [absmax.count], values: absmax))
         }
         return QuantizedTensor(quantType: type, blocksize: blocksize, shape: shape, originalDType: originalDType, packed: codes, absmax: scales)
+    }
+}
+
+/// A 4-bit tensor read a range of rows at a time, each value dequantized as bitsandbytes'
+/// `dequantize_4bit` to the original type (so rounded to it, as a restored weight is) and then
+/// widened to float32: what a merge starts from, without restoring the whole tensor.
+public struct QuantizedRows: FloatRowSource {
+    public let source: QuantizedTensor
+    private let scales: [Float]
+
+    public init(_ source: QuantizedTensor) {
+        self.source = source
+        scales = source.blockScales()
+    }
+
+    /// The type the values are rounded to: the original one (float32 for an f64 original).
+    public var dtype: DType { source.originalDType == .f64 ? .f32 : source.originalDType }
+    public var shape: Shape { source.shape }
+
+    public func widenRows(_ rows: Range<Int>, columns: Int, into values: UnsafeMutablePointer<Float>) {
+        let first = rows.lowerBound * columns, end = rows.upperBound * columns
+        guard end > first else { return }
+        // Whole blocks from the one holding the first element: the dequantizer starts on a block.
+        let blocksize = source.blocksize
+        let blockStart = first / blocksize * blocksize
+        let count = end - blockStart
+        let width = dtype.bitSize / 8
+        let restored = UnsafeMutableRawPointer.allocate(byteCount: count * width, alignment: 64)
+        defer { restored.deallocate() }
+        source.packed.withBytes { packed in
+            // Callers already run in parallel over rows: one thread here.
+            Dequantizer.dequantize(
+                packed: packed.baseAddress! + blockStart / 2, absmax: scales[(blockStart / blocksize)..<((end + blocksize - 1) / blocksize)],
+                count: count, blocksize: blocksize, type: source.quantType,
+                fp4NegativeZero: (source.shape.dimensions.last ?? 1) % 2 == 0, into: restored, dtype: dtype, threads: 1)
+        }
+        FloatConversion.decodeToFloat32(restored, dtype, from: first - blockStart, count: end - first, into: values)
+    }
+
+    public func releaseRows(_ rows: Range<Int>, columns: Int) {
+        guard case .mapped(let file, let range) = source.packed.storage else { return }
+        let from = rows.lowerBound * columns / 2, to = min(range.count, (rows.upperBound * columns + 1) / 2)
+        file.releasePages((range.lowerBound + from)..<(range.lowerBound + to))
     }
 }

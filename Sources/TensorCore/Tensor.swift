@@ -185,3 +185,31 @@ public struct NamedTensors: Sendable {
     /// Name and tensor pairs in order.
     public var entries: [(name: String, tensor: Tensor)] { names.map { ($0, tensorsByName[$0]!) } }
 }
+
+/// A float tensor whose rows can be widened to float32 a range at a time: a stored tensor, or a
+/// 4-bit one dequantized just for those rows. Stages that go through a tensor a block of rows
+/// at a time (the merge) take any of them, so a 4-bit base is never restored whole.
+public protocol FloatRowSource: Sendable {
+    /// The type of its values (a 4-bit tensor's original type: its values are rounded to it).
+    var dtype: DType { get }
+    var shape: Shape { get }
+    /// Rows `rows` (each `columns` elements) as float32, into `values`.
+    func widenRows(_ rows: Range<Int>, columns: Int, into values: UnsafeMutablePointer<Float>)
+    /// Gives back the memory of rows already read, where there is any to give.
+    func releaseRows(_ rows: Range<Int>, columns: Int)
+}
+
+extension Tensor: FloatRowSource {
+    public func widenRows(_ rows: Range<Int>, columns: Int, into values: UnsafeMutablePointer<Float>) {
+        let width = dtype.bitSize / 8
+        withBytes { raw in
+            FloatConversion.decodeToFloat32(raw.baseAddress! + rows.lowerBound * columns * width, dtype, from: 0, count: rows.count * columns, into: values)
+        }
+    }
+
+    public func releaseRows(_ rows: Range<Int>, columns: Int) {
+        guard case .mapped(let file, let range) = storage else { return }
+        let width = dtype.bitSize / 8
+        file.releasePages((range.lowerBound + rows.lowerBound * columns * width)..<(range.lowerBound + rows.upperBound * columns * width))
+    }
+}

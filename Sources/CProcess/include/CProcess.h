@@ -40,7 +40,4 @@ int qtool_try_lock(int fd);
 /// prctl(PR_SET_PDEATHSIG, SIGKILL): a child dies with its parent.
 void qtool_die_with_parent(void);
 
-/// glibc's mallopt (malloc.h is not part of Swift's Glibc module).
-int qtool_mallopt(int parameter, int value);
-
 #endif

@@ -44,7 +44,10 @@ public struct SafeTensorsHeader: Sendable {
         guard let json = reader.readBytes(length) else {
             throw .headerPastEnd(path: path, length: declared, fileSize: fileBytes.count)
         }
-        guard String(validating: json, as: UTF8.self) != nil else { throw .headerNotUTF8(path: path) }
+        // Checked without a copy (a header may be 100 MB).
+        guard !transcode(json.makeIterator(), from: UTF8.self, to: UTF32.self, stoppingOnError: true, into: { _ in }) else {
+            throw .headerNotUTF8(path: path)
+        }
         let root: JSONValue
         do {
             root = try JSONParser.parse(json)

@@ -13,6 +13,8 @@ public struct SafeTensorsFile: Sendable {
         header = try file.withBytes(in: 0..<file.count) { bytes throws(SafeTensorsError) in
             try SafeTensorsHeader.parse(fileBytes: bytes, path: path)
         }
+        // The header has been parsed; its pages need not stay resident.
+        file.releasePages(0..<header.dataStart)
     }
 
     /// The tensor of `entry`, backed by the mapping (no bytes are read until used).

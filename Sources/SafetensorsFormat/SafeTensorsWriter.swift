@@ -29,32 +29,55 @@ public enum SafeTensorsWriter {
         }
     }
 
-    /// Header bytes (length prefix, JSON, padding) for items already in reference order.
-    public static func headerBytes(orderedItems: [Item], metadata: [(key: String, value: String)]?) -> [UInt8] {
-        var json = "{"
+    /// The header's JSON in pieces, for items already in reference order: names and metadata
+    /// that need no escape are kept as they are (not copied), so a header carrying 100 MB of
+    /// metadata streams out without being built twice.
+    static func headerParts(orderedItems: [Item], metadata: [(key: String, value: String)]?) -> [String] {
+        var parts: [String] = ["{"]
+        func quoted(_ text: String) {
+            if JSONStyle.serde.needsNoEscape(text) {
+                parts += ["\"", text, "\""]
+            } else {
+                parts.append(JSONStyle.serde.quoted(text))
+            }
+        }
         var first = true
         if let metadata {
-            json += "\"__metadata__\":{"
-            json += metadata.map { JSONStyle.serde.quoted($0.key) + ":" + JSONStyle.serde.quoted($0.value) }.joined(separator: ",")
-            json += "}"
+            parts.append("\"__metadata__\":{")
+            for (index, item) in metadata.enumerated() {
+                if index > 0 { parts.append(",") }
+                quoted(item.key)
+                parts.append(":")
+                quoted(item.value)
+            }
+            parts.append("}")
             first = false
         }
         var offset = 0
         for item in orderedItems {
-            if !first { json += "," }
+            if !first { parts.append(",") }
             first = false
             let size = item.payload.byteCount
-            json += JSONStyle.serde.quoted(item.name)
-            json += ":{\"dtype\":\"\(item.payload.dtype.rawValue)\",\"shape\":["
-            json += item.payload.shape.dimensions.map(String.init).joined(separator: ",")
-            json += "],\"data_offsets\":[\(offset),\(offset + size)]}"
+            quoted(item.name)
+            parts.append(
+                ":{\"dtype\":\"\(item.payload.dtype.rawValue)\",\"shape\":["
+                    + item.payload.shape.dimensions.map(String.init).joined(separator: ",")
+                    + "],\"data_offsets\":[\(offset),\(offset + size)]}")
             offset += size
         }
-        json += "}"
-        var bytes = Array(json.utf8)
-        bytes.append(contentsOf: repeatElement(UInt8(ascii: " "), count: (8 - bytes.count % 8) % 8))
-        var length = UInt64(bytes.count).littleEndian
-        return withUnsafeBytes(of: &length) { Array($0) } + bytes
+        parts.append("}")
+        let length = parts.reduce(0) { $0 + $1.utf8.count }
+        parts.append(String(repeating: " ", count: (8 - length % 8) % 8))
+        return parts
+    }
+
+    /// Header bytes (length prefix, JSON, padding) for items already in reference order.
+    public static func headerBytes(orderedItems: [Item], metadata: [(key: String, value: String)]?) -> [UInt8] {
+        let parts = headerParts(orderedItems: orderedItems, metadata: metadata)
+        var bytes: [UInt8] = []
+        withUnsafeBytes(of: UInt64(parts.reduce(0) { $0 + $1.utf8.count }).littleEndian) { bytes += $0 }
+        for part in parts { bytes += part.utf8 }
+        return bytes
     }
 
     /// Streams `items` into `output` (which the caller commits).
@@ -64,11 +87,13 @@ public enum SafeTensorsWriter {
             throw SafeTensorsError.duplicateTensor(path: output.reportedPath, name: item.name)
         }
         let ordered = referenceOrder(items)
-        let header = headerBytes(orderedItems: ordered, metadata: metadata)
-        guard header.count - 8 <= SafeTensorsHeader.maximumHeaderLength else {
+        let parts = headerParts(orderedItems: ordered, metadata: metadata)
+        let length = parts.reduce(0) { $0 + $1.utf8.count }
+        guard length <= SafeTensorsHeader.maximumHeaderLength else {
             throw SafeTensorsError.cannotWrite(path: output.reportedPath, detail: "header would exceed \(SafeTensorsHeader.maximumHeaderLength) bytes")
         }
-        try output.write(header)
+        try withUnsafeBytes(of: UInt64(length).littleEndian) { try output.write($0) }
+        for var part in parts { try part.withUTF8 { try output.write(UnsafeRawBufferPointer($0)) } }
         for item in ordered {
             let before = output.bytesWritten
             try item.payload.stream(chunkBytes: chunkBytes) { try output.write($0) }

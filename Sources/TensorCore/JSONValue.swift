@@ -237,41 +237,47 @@ public struct JSONParser {
 
     private mutating func parseString() throws(JSONParseError) -> String {
         position += 1
-        var scalars = String.UnicodeScalarView()
-        var runStart = position
-        func flushRun(_ parser: JSONParser, _ end: Int, into scalars: inout String.UnicodeScalarView) throws(JSONParseError) {
-            guard end > runStart else { return }
-            let run = UnsafeRawBufferPointer(rebasing: parser.bytes[runStart..<end])
-            guard let text = String(validating: run, as: UTF8.self) else {
-                throw JSONParseError(offset: runStart, message: "invalid UTF-8 in string")
-            }
-            scalars.append(contentsOf: text.unicodeScalars)
+        let start = position
+        // Most strings hold no escape: one validated copy of their bytes.
+        while let byte = current, byte != UInt8(ascii: "\""), byte != UInt8(ascii: "\\") {
+            if byte < 0x20 { throw error("control character in string") }
+            position += 1
         }
+        guard let stop = current else { throw error("unterminated string") }
+        if stop == UInt8(ascii: "\"") {
+            defer { position += 1 }
+            guard let text = String(validating: UnsafeRawBufferPointer(rebasing: bytes[start..<position]), as: UTF8.self) else {
+                throw JSONParseError(offset: start, message: "invalid UTF-8 in string")
+            }
+            return text
+        }
+        // With escapes: the bytes, escapes decoded as UTF-8, validated once at the end.
+        var utf8 = [UInt8](UnsafeRawBufferPointer(rebasing: bytes[start..<position]))
         while true {
             guard let byte = current else { throw error("unterminated string") }
             if byte == UInt8(ascii: "\"") {
-                try flushRun(self, position, into: &scalars)
                 position += 1
-                return String(scalars)
+                guard let text = String(validating: utf8, as: UTF8.self) else {
+                    throw JSONParseError(offset: start, message: "invalid UTF-8 in string")
+                }
+                return text
             }
             if byte < 0x20 { throw error("control character in string") }
             if byte != UInt8(ascii: "\\") {
+                utf8.append(byte)
                 position += 1
                 continue
             }
-            try flushRun(self, position, into: &scalars)
             position += 1
             guard let escape = current else { throw error("unterminated escape") }
             position += 1
             switch escape {
-            case UInt8(ascii: "\""): scalars.append("\"")
-            case UInt8(ascii: "\\"): scalars.append("\\")
-            case UInt8(ascii: "/"): scalars.append("/")
-            case UInt8(ascii: "b"): scalars.append("\u{08}")
-            case UInt8(ascii: "f"): scalars.append("\u{0C}")
-            case UInt8(ascii: "n"): scalars.append("\n")
-            case UInt8(ascii: "r"): scalars.append("\r")
-            case UInt8(ascii: "t"): scalars.append("\t")
+            case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"): utf8.append(escape)
+            case UInt8(ascii: "b"): utf8.append(0x08)
+            case UInt8(ascii: "f"): utf8.append(0x0C)
+            case UInt8(ascii: "n"): utf8.append(0x0A)
+            case UInt8(ascii: "r"): utf8.append(0x0D)
+            case UInt8(ascii: "t"): utf8.append(0x09)
             case UInt8(ascii: "u"):
                 var code = try parseHex4()
                 if (0xD800..<0xDC00).contains(code) {
@@ -284,11 +290,10 @@ public struct JSONParser {
                 } else if (0xDC00..<0xE000).contains(code) {
                     throw error("unpaired surrogate in \\u escape")
                 }
-                scalars.append(Unicode.Scalar(code)!)
+                utf8.append(contentsOf: String(Unicode.Scalar(code)!).utf8)
             default:
                 throw error("invalid escape")
             }
-            runStart = position
         }
     }
 }

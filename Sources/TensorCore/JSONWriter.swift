@@ -12,8 +12,18 @@ public enum JSONStyle: Sendable {
 }
 
 extension JSONStyle {
+    /// Whether `text` goes between quotes as it is, in this style.
+    public func needsNoEscape(_ text: String) -> Bool {
+        switch self {
+        case .serde: text.utf8.allSatisfy { $0 >= 0x20 && $0 != UInt8(ascii: "\"") && $0 != UInt8(ascii: "\\") }
+        case .python: text.utf8.allSatisfy { $0 >= 0x20 && $0 < 0x7F && $0 != UInt8(ascii: "\"") && $0 != UInt8(ascii: "\\") }
+        case .report: text.utf8.allSatisfy { $0 >= 0x20 && $0 < 0x7F && $0 != UInt8(ascii: "\"") && $0 != UInt8(ascii: "\\") }
+        }
+    }
+
     /// `text` as a quoted JSON string.
     public func quoted(_ text: String) -> String {
+        if needsNoEscape(text) { return "\"" + text + "\"" }
         var out = "\""
         for scalar in text.unicodeScalars {
             switch scalar {

@@ -249,6 +249,8 @@ public final class HDF5HelperProcess: @unchecked Sendable {
     /// closes. Returns the process's exit status.
     static func serve(fd: Int32) -> Int32 {
         qtool_die_with_parent()
+        // Past a file-size limit a write fails (and is reported) instead of killing the helper.
+        signal(SIGXFSZ, SIG_IGN)
         var limit = rlimit(rlim_cur: rlim_t(addressSpaceLimit), rlim_max: rlim_t(addressSpaceLimit))
         setrlimit(__rlimit_resource_t(RLIMIT_AS.rawValue), &limit)
         let session = HDF5Session()

@@ -57,4 +57,21 @@ struct HDF5CommandTests {
         #expect(result.status == 2 && result.stderr.contains("has no HDF5 type"), "\(result.stderr)")
         #expect(Fixtures.listing(folder).isEmpty)
     }
+
+    /// libhdf5 failing part way through a write (a file-size limit): the file's error, exit 2,
+    /// no temporary left, whatever libhdf5 does when it shuts down.
+    @Test func aFailedHDF5WriteIsReportedAndLeavesNothing() throws {
+        let folder = Fixtures.temporaryFolder()
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/sh")
+        process.arguments = ["-c", "ulimit -f 64; exec \"$0\" convert \"$1\" \"$2\"", QToolBinary.path, Fixtures.path("tiny-llama"), folder + "/out.h5"]
+        let err = Pipe()
+        process.standardError = err
+        try process.run()
+        let message = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(process.terminationReason == .exit && process.terminationStatus == 2, "\(message)")
+        #expect(message.hasPrefix("error: \(folder)/out.h5: cannot write"), "\(message)")
+        #expect(Fixtures.listing(folder).isEmpty)
+    }
 }

@@ -250,6 +250,27 @@ def memory_cases(args, work, env):
     return rows, src.stat().st_size, 8192 * 8192 * 2
 
 
+def memory_table(args, work, env):
+    mrows, msize, largest = memory_cases(args, work, env)
+    bound = largest + 256e6
+    table(f"{'case':32} {'qtool s':>8} {'peak RSS':>9} {'within bound':>13}",
+          [f"{r['case']:32} {r['seconds']:8.2f} {fmt_bytes(r['peak_rss']):>9} {str(r['peak_rss'] <= bound):>13}" for r in mrows],
+          f"memory: {fmt_bytes(msize)} bf16 input (32 tensors of 8192×8192), r=16 adapter on each; "
+          f"bound = largest tensor + 256 MB = {fmt_bytes(bound)}")
+    return mrows
+
+
+def table(header, lines, title=None):
+    """Prints a table: an optional title line (after a blank line), the header, a rule, the lines."""
+    if title:
+        print()
+        print(title)
+    print(header)
+    print("-" * len(header))
+    for line in lines:
+        print(line)
+
+
 def fmt_bytes(n):
     return f"{n / 1e6:,.0f} MB"
 
@@ -267,10 +288,7 @@ def main():
     work = Path(args.dir)
     work.mkdir(parents=True, exist_ok=True)
     if args.only == "memory":
-        env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
-        mrows, msize, largest = memory_cases(args, work, env)
-        for r in mrows:
-            print(f"{r['case']:32} {r['seconds']:8.2f} {fmt_bytes(r['peak_rss']):>9} {str(r['peak_rss'] <= largest + 256e6):>6}")
+        memory_table(args, work, dict(os.environ, OPENBLAS_NUM_THREADS="1"))
         return
     src = work / f"input-f32-{args.size_gb:g}GB.safetensors"
     make_input(src, args.size_gb)
@@ -300,57 +318,35 @@ def main():
     print(f"qtool bench — {platform.machine()}, {os.cpu_count()} cores, work folder {work}, input {fmt_bytes(size)} float32")
     print("peer: Python safetensors.torch load_file (+ .to(dtype)) + save_file; GB/s of the peer counts its "
           "in-process time only (imports excluded), qtool's is the whole process")
-    header = (f"{'case':22} {'qtool s':>8} {'GB/s':>6} {'peak RSS':>9} | {'peer s':>7} {'GB/s':>6} {'process s':>9} "
-              f"{'peak RSS':>9} | {'× peer':>6} {'× process':>9} {'same bytes':>10}")
-    print(header)
-    print("-" * len(header))
-    for r in results:
-        print(f"{r['case']:22} {r['qtool_seconds']:8.3f} {r['qtool_gbps']:6.2f} {fmt_bytes(r['qtool_peak_rss']):>9} | "
-              f"{r['peer_inprocess_seconds']:7.3f} {r['peer_gbps']:6.2f} {r['peer_seconds']:9.3f} {fmt_bytes(r['peer_peak_rss']):>9} | "
-              f"{r['speedup_vs_peer_inprocess']:6.2f} {r['speedup_vs_peer_process']:9.2f} {str(r['identical_output']):>10}")
+    table((f"{'case':22} {'qtool s':>8} {'GB/s':>6} {'peak RSS':>9} | {'peer s':>7} {'GB/s':>6} {'process s':>9} "
+           f"{'peak RSS':>9} | {'× peer':>6} {'× process':>9} {'same bytes':>10}"),
+          [f"{r['case']:22} {r['qtool_seconds']:8.3f} {r['qtool_gbps']:6.2f} {fmt_bytes(r['qtool_peak_rss']):>9} | "
+           f"{r['peer_inprocess_seconds']:7.3f} {r['peer_gbps']:6.2f} {r['peer_seconds']:9.3f} {fmt_bytes(r['peer_peak_rss']):>9} | "
+           f"{r['speedup_vs_peer_inprocess']:6.2f} {r['speedup_vs_peer_process']:9.2f} {str(r['identical_output']):>10}" for r in results])
     print("× peer: peer in-process seconds / qtool whole-process seconds; × process: both whole processes")
 
     qrows, qsize = quantize_cases(args, work, env)
-    print()
-    print(f"quantize/dequantize: {qrows[0]['parameters'] / 1e6:.0f} M parameters, bf16 input of {fmt_bytes(qsize)}, "
+    table(f"{'case':26} {'qtool s':>8} {'Mparam/s':>9} {'peak RSS':>9} | {'bnb s':>7} {'Mparam/s':>9} | {'× bnb':>6}",
+          [f"{r['case']:26} {r['qtool_seconds']:8.3f} {r['qtool_mparams_per_s']:9.0f} {fmt_bytes(r['qtool_peak_rss']):>9} | "
+           f"{r['peer_seconds']:7.3f} {r['peer_mparams_per_s']:9.0f} | {r['speedup']:6.1f}" for r in qrows],
+          f"quantize/dequantize: {qrows[0]['parameters'] / 1e6:.0f} M parameters, bf16 input of {fmt_bytes(qsize)}, "
           f"largest tensor 8 MB; peer: bitsandbytes quantize_4bit / dequantize_4bit in process on the loaded tensors")
-    header = f"{'case':26} {'qtool s':>8} {'Mparam/s':>9} {'peak RSS':>9} | {'bnb s':>7} {'Mparam/s':>9} | {'× bnb':>6}"
-    print(header)
-    print("-" * len(header))
-    for r in qrows:
-        print(f"{r['case']:26} {r['qtool_seconds']:8.3f} {r['qtool_mparams_per_s']:9.0f} {fmt_bytes(r['qtool_peak_rss']):>9} | "
-              f"{r['peer_seconds']:7.3f} {r['peer_mparams_per_s']:9.0f} | {r['speedup']:6.1f}")
     m = merge_case(args, work, env)
-    print()
-    print(f"merge: {fmt_bytes(m['input_bytes'])} bf16 Llama in {fmt_bytes(m['largest_shard'])} shards, r=16 PEFT adapter "
+    table(f"{'case':22} {'qtool s':>8} {'peak RSS':>9} | {'peer s':>7} {'in-proc s':>9} {'peak RSS':>9} | {'× process':>9} {'× in-proc':>9}",
+          [f"{m['case']:22} {m['qtool_seconds']:8.3f} {fmt_bytes(m['qtool_peak_rss']):>9} | {m['peer_seconds']:7.3f} "
+           f"{m['peer_inprocess_seconds']:9.3f} {fmt_bytes(m['peer_peak_rss']):>9} | {m['speedup_vs_peer_process']:9.1f} "
+           f"{m['speedup_vs_peer_inprocess']:9.1f}"],
+          f"merge: {fmt_bytes(m['input_bytes'])} bf16 Llama in {fmt_bytes(m['largest_shard'])} shards, r=16 PEFT adapter "
           f"on every linear layer; peer: transformers + PEFT load, merge_and_unload, save_pretrained")
-    header = f"{'case':22} {'qtool s':>8} {'peak RSS':>9} | {'peer s':>7} {'in-proc s':>9} {'peak RSS':>9} | {'× process':>9} {'× in-proc':>9}"
-    print(header)
-    print("-" * len(header))
-    print(f"{m['case']:22} {m['qtool_seconds']:8.3f} {fmt_bytes(m['qtool_peak_rss']):>9} | {m['peer_seconds']:7.3f} "
-          f"{m['peer_inprocess_seconds']:9.3f} {fmt_bytes(m['peer_peak_rss']):>9} | {m['speedup_vs_peer_process']:9.1f} "
-          f"{m['speedup_vs_peer_inprocess']:9.1f}")
     print(f"RSS bound for merge (largest shard + 256 MB): {fmt_bytes(m['largest_shard'] + 256e6)}")
     h = hdf5_case(args, work, env)
-    print()
-    print(f"hdf5: {fmt_bytes(h['input_bytes'])} of float32 datasets written by h5py; peer: h5py reads every dataset, "
+    table(f"{'case':22} {'qtool s':>8} {'GB/s':>6} {'peak RSS':>9} | {'peer s':>7} {'GB/s':>6} {'process s':>9} {'peak RSS':>9} | {'× peer':>6} {'× process':>9}",
+          [f"{h['case']:22} {h['qtool_seconds']:8.3f} {h['qtool_gbps']:6.2f} {fmt_bytes(h['qtool_peak_rss']):>9} | "
+           f"{h['peer_inprocess_seconds']:7.3f} {h['peer_gbps']:6.2f} {h['peer_seconds']:9.3f} {fmt_bytes(h['peer_peak_rss']):>9} | "
+           f"{h['speedup_vs_peer_inprocess']:6.2f} {h['speedup_vs_peer_process']:9.2f}"],
+          f"hdf5: {fmt_bytes(h['input_bytes'])} of float32 datasets written by h5py; peer: h5py reads every dataset, "
           f"safetensors save_file writes them")
-    header = f"{'case':22} {'qtool s':>8} {'GB/s':>6} {'peak RSS':>9} | {'peer s':>7} {'GB/s':>6} {'process s':>9} {'peak RSS':>9} | {'× peer':>6} {'× process':>9}"
-    print(header)
-    print("-" * len(header))
-    print(f"{h['case']:22} {h['qtool_seconds']:8.3f} {h['qtool_gbps']:6.2f} {fmt_bytes(h['qtool_peak_rss']):>9} | "
-          f"{h['peer_inprocess_seconds']:7.3f} {h['peer_gbps']:6.2f} {h['peer_seconds']:9.3f} {fmt_bytes(h['peer_peak_rss']):>9} | "
-          f"{h['speedup_vs_peer_inprocess']:6.2f} {h['speedup_vs_peer_process']:9.2f}")
-    mrows, msize, largest = memory_cases(args, work, env)
-    bound = largest + 256e6
-    print()
-    print(f"memory: {fmt_bytes(msize)} bf16 input (32 tensors of 8192×8192), r=16 adapter on each; "
-          f"bound = largest tensor + 256 MB = {fmt_bytes(bound)}")
-    header = f"{'case':32} {'qtool s':>8} {'peak RSS':>9} {'within bound':>13}"
-    print(header)
-    print("-" * len(header))
-    for r in mrows:
-        print(f"{r['case']:32} {r['seconds']:8.2f} {fmt_bytes(r['peak_rss']):>9} {str(r['peak_rss'] <= bound):>13}")
+    mrows = memory_table(args, work, env)
     if args.json:
         print(json.dumps(results + qrows + [m, h] + mrows, indent=2))
 

@@ -170,16 +170,24 @@ final class HDF5Session {
         guard let dtype = DType(rawValue: info.dtype), slab.start.count == info.shape.count, slab.count.count == info.shape.count,
             buffer.count == slab.elementCount * dtype.bitSize / 8
         else { throw .cannotRead(path: path, object: info.path, reason: "a malformed slab request") }
-        try HDF5.locked { () throws(HDF5Error) in
-            let id = H5Dopen2(file.id, info.path, HDF5.defaultProperties)
-            guard id >= 0 else { throw .cannotRead(path: path, object: info.path, reason: HDF5.lastError()) }
-            let dataset = HDF5Handle(id, .object)
-            let stored = HDF5Handle(H5Dget_type(dataset.id), .datatype)
+        try transfer(file, info.path, slab, failure: { .cannotRead(path: path, object: info.path, reason: $0) }) { dataset, memorySpace, fileSpace in
+            let stored = HDF5Handle(H5Dget_type(dataset), .datatype)
             let memoryType = HDF5ElementType.memoryType(for: stored.id, dtype: dtype)
-            let (memorySpace, fileSpace) = try selection(dataset.id, slab, object: info.path)
-            guard H5Dread(dataset.id, memoryType.id, memorySpace.id, fileSpace.id, HDF5.defaultProperties, buffer.baseAddress) >= 0 else {
-                throw .cannotRead(path: path, object: info.path, reason: HDF5.lastError())
-            }
+            return H5Dread(dataset, memoryType.id, memorySpace, fileSpace, HDF5.defaultProperties, buffer.baseAddress)
+        }
+    }
+
+    /// Opens a dataset and runs a read or write of one slab on it (dataset, memory space, file
+    /// space); a failure becomes `failure` of libhdf5's message.
+    private func transfer(
+        _ file: HDF5Handle, _ datasetPath: String, _ slab: HDF5Slab, failure: (String) -> HDF5Error, _ body: (hid_t, hid_t, hid_t) -> herr_t
+    ) throws(HDF5Error) {
+        try HDF5.locked { () throws(HDF5Error) in
+            let id = H5Dopen2(file.id, datasetPath, HDF5.defaultProperties)
+            guard id >= 0 else { throw failure(HDF5.lastError()) }
+            let dataset = HDF5Handle(id, .object)
+            let (memorySpace, fileSpace) = try selection(dataset.id, slab, object: datasetPath)
+            guard body(dataset.id, memorySpace.id, fileSpace.id) >= 0 else { throw failure(HDF5.lastError()) }
         }
     }
 
@@ -259,14 +267,8 @@ final class HDF5Session {
             slab.start.count == spec.shape.count, slab.count.count == spec.shape.count,
             bytes.count == slab.elementCount * dtype.bitSize / 8
         else { throw .cannotWrite(path: reportedPath, object: spec.path, reason: "a malformed slab") }
-        try HDF5.locked { () throws(HDF5Error) in
-            let id = H5Dopen2(file.id, spec.path, HDF5.defaultProperties)
-            guard id >= 0 else { throw .cannotWrite(path: reportedPath, object: spec.path, reason: HDF5.lastError()) }
-            let dataset = HDF5Handle(id, .object)
-            let (memorySpace, fileSpace) = try selection(dataset.id, slab, object: spec.path)
-            guard H5Dwrite(dataset.id, type.id, memorySpace.id, fileSpace.id, HDF5.defaultProperties, bytes.baseAddress) >= 0 else {
-                throw .cannotWrite(path: reportedPath, object: spec.path, reason: HDF5.lastError())
-            }
+        try transfer(file, spec.path, slab, failure: { .cannotWrite(path: reportedPath, object: spec.path, reason: $0) }) { dataset, memorySpace, fileSpace in
+            H5Dwrite(dataset, type.id, memorySpace, fileSpace, HDF5.defaultProperties, bytes.baseAddress)
         }
     }
 

@@ -24,6 +24,12 @@ IDS = torch.tensor([[0, 5, 17, 300, 801, 42, 7, 1000]])
 
 
 def logits(model):
+    # On CPUs with AVX-512 BF16, bitsandbytes 0.50 repacks 4-bit weights for a kernel that needs
+    # in_features to be a multiple of the blocksize (the fixture's 352 is not); use its portable
+    # path, the one the golden logits came from, on every CPU.
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
     with torch.no_grad():
         return model(IDS % model.config.vocab_size).logits.float()
 
@@ -72,9 +78,12 @@ def main():
     model = AutoModelForCausalLM.from_pretrained(out)
     layer = model.model.layers[0].self_attn.q_proj
     assert type(layer).__name__ == "Linear4bit", type(layer)
+    # Against PEFT's own merged folder run the same way on this machine (bitsandbytes' CPU
+    # kernels differ between CPUs, so logits recorded elsewhere are not the reference here).
     golden = load_file(FIX / "lora/tiny-llama-bnb-nf4-merged.logits.safetensors")
     assert torch.equal(golden["input_ids"], IDS)
-    check("lora into tiny-llama-bnb-nf4 (loaded as Linear4bit)", logits(model), golden["logits"], 1e-2)
+    theirs = logits(AutoModelForCausalLM.from_pretrained(FIX / "lora/tiny-llama-bnb-nf4-merged"))
+    check("lora into tiny-llama-bnb-nf4 (loaded as Linear4bit)", logits(model), theirs, 1e-2)
 
     print(f"{failures} failure(s)")
     sys.exit(1 if failures else 0)

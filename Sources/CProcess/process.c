@@ -13,6 +13,7 @@
 #include <sys/file.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef RENAME_NOREPLACE
@@ -40,7 +41,15 @@ typedef struct {
 static mapping_slot mappings[MAPPING_SLOTS];
 static _Atomic(char *) retired_messages[MAPPING_SLOTS];
 
+// Set once a termination signal is being handled: a thread that registers a new temporary after
+// that removes it at once and waits for the end (the handler may already have swept its folder).
+static atomic_int terminating;
+
 int qtool_temporary_register(const char *path, int kind) {
+    if (atomic_load(&terminating)) {
+        if (kind == QTOOL_TEMPORARY_FILE) unlink(path); else rmdir(path);
+        for (;;) pause();
+    }
     size_t length = strlen(path);
     char *entry = malloc(length + 2);
     if (!entry) return -1;
@@ -69,10 +78,12 @@ struct linux_dirent64 {
 };
 
 // Unlinks the files directly inside `path`, then removes it (it stays when it holds folders).
-// Raw syscalls only: this runs inside signal handlers.
+// Raw syscalls only: this runs inside signal handlers. Another thread may be adding a file as it
+// runs, so it sweeps again until the folder is gone (or a few times, when it holds folders).
 static void remove_folder(const char *path) {
-    int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd >= 0) {
+    for (int attempt = 0; attempt < 50; attempt++) {
+        int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0) return;
         char buffer[4096] __attribute__((aligned(8)));
         for (;;) {
             long n = syscall(SYS_getdents64, fd, buffer, sizeof buffer);
@@ -86,8 +97,10 @@ static void remove_folder(const char *path) {
             }
         }
         close(fd);
+        if (rmdir(path) == 0 || errno == ENOENT) return;
+        struct timespec pause_time = {0, 1000000};
+        nanosleep(&pause_time, NULL);
     }
-    rmdir(path);
 }
 
 void qtool_temporary_remove_all(void) {
@@ -140,6 +153,7 @@ static void write_all(int fd, const char *text) {
 
 static void on_termination(int signal_number) {
     int saved = errno;
+    atomic_store(&terminating, 1);
     qtool_temporary_remove_all();
     // Die of the same signal, so the parent sees how the process ended.
     struct sigaction action;

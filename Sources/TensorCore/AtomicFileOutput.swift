@@ -306,9 +306,12 @@ public final class FolderOutputTransaction {
 }
 
 /// Leftovers of killed runs: temporaries are named `.<name>.qtool-XXXXXX` and locked (flock) by
-/// the process writing them, so one that nobody holds belongs to a run that died.
+/// the process writing them, so one that nobody holds belongs to a run that died. One changed
+/// in the last `minimumAge` seconds is left alone: its writer may have made it and not yet
+/// locked it.
 public enum StaleTemporaries {
     public static let marker = ".qtool-"
+    public static let minimumAge = 2
 
     /// Removes unlocked qtool temporaries (files, and staging folders holding only files) in `folder`.
     public static func removeLeftovers(in folder: String) {
@@ -319,7 +322,9 @@ public enum StaleTemporaries {
             guard fd >= 0 else { continue }
             defer { close(fd) }
             var info = stat()
-            guard fstat(fd, &info) == 0, qtool_try_lock(fd) == 0 else { continue }
+            guard fstat(fd, &info) == 0, time(nil) - info.st_mtim.tv_sec >= StaleTemporaries.minimumAge,
+                qtool_try_lock(fd) == 0
+            else { continue }
             switch info.st_mode & S_IFMT {
             case S_IFREG: unlink(path)
             case S_IFDIR: FilePaths.removeFolderOfFiles(path)

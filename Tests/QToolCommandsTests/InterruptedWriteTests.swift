@@ -126,7 +126,8 @@ struct InterruptedWriteTests {
             killedAt.append(n)
         }
         #expect(killedAt.count >= 5, "the commit renames each shard, the index and the folder")
-        // Leftovers of the killed runs go with the next write into the same folder.
+        // Leftovers of the killed runs (once a moment old) go with the next write into the folder.
+        sleep(UInt32(StaleTemporaries.minimumAge) + 1)
         #expect(try QToolBinary.run(["convert", Self.model, target, "--max-shard-size", "1MB", "--quiet"]).status == 0)
         #expect(Fixtures.listing(parent) == ["model"])
         let restored = Self.load(target) == old
@@ -161,8 +162,13 @@ struct InterruptedWriteTests {
         #expect(flock(held, LOCK_EX) == 0)
         defer { close(held) }
         try Data("mine".utf8).write(to: URL(fileURLWithPath: parent + "/notes.qtool-Ab3dE9"))
+        try Data("young".utf8).write(to: URL(fileURLWithPath: parent + "/.young.qtool-Yy7uU6"))
+        // All but the young one were left a minute ago.
+        for name in [".model.qtool-Ab3dE9", ".other.qtool-Zz9yX8", ".other.qtool-Zz9yX8/model.safetensors", ".live.qtool-Qq1wW2", "notes.qtool-Ab3dE9"] {
+            try FileManager.default.setAttributes([.modificationDate: Date(timeIntervalSinceNow: -60)], ofItemAtPath: parent + "/" + name)
+        }
         #expect(try QToolBinary.run(["convert", Self.model, parent + "/model", "--quiet"]).status == 0)
-        #expect(Fixtures.listing(parent) == [".live.qtool-Qq1wW2", "model", "notes.qtool-Ab3dE9"])
+        #expect(Fixtures.listing(parent) == [".live.qtool-Qq1wW2", ".young.qtool-Yy7uU6", "model", "notes.qtool-Ab3dE9"])
     }
 
     /// Files of the old folder that the new save does not write (a README) stay; stale weights go.

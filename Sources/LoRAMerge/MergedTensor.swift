@@ -81,7 +81,7 @@ public struct MergedTensor: TensorPayload {
             parallelForChunks(count: count, chunk: rowsPerTask) { [self] range in
                 let taskRows = (blockStart + range.lowerBound)..<(blockStart + range.upperBound)
                 let taskValues = values.pointer + range.lowerBound * columns
-                widen(rows: taskRows, columns: columns, into: taskValues)
+                start.widenRows(taskRows, columns: columns, into: taskValues)
                 for (index, term) in merge.terms.enumerated() {
                     addDelta(term, factors: factors[index], rows: taskRows, columns: columns, into: taskValues)
                     if let scales = doraScales[index] {
@@ -97,7 +97,7 @@ public struct MergedTensor: TensorPayload {
                 }
             }
             if nonFinite.isSet { throw nonFiniteError() }
-            releasePages(rows: firstRow..<(firstRow + count), columns: columns)
+            start.releaseRows(firstRow..<(firstRow + count), columns: columns)
             try sink(UnsafeRawBufferPointer(start: output.buffer.baseAddress, count: count * columns * width))
             firstRow += count
         }
@@ -114,16 +114,6 @@ public struct MergedTensor: TensorPayload {
     /// never follow the caller's chunk size: the same tensor always merges to the same bits.
     static func rowsPerBlock(rows: Int, columns: Int) -> Int {
         max(1, min(rows, (4 << 20) / max(1, columns * 4)))
-    }
-
-    /// Rows `rows` of the starting tensor, as float32, into `values`.
-    private func widen(rows: Range<Int>, columns: Int, into values: UnsafeMutablePointer<Float>) {
-        start.widenRows(rows, columns: columns, into: values)
-    }
-
-    /// Gives back the memory of rows already merged (a mapped base streams through).
-    private func releasePages(rows: Range<Int>, columns: Int) {
-        start.releaseRows(rows, columns: columns)
     }
 
     /// `values[rows] += scale · Δ[rows]`, Δ = `B·A` laid out as the base tensor is.
@@ -171,7 +161,7 @@ public struct MergedTensor: TensorPayload {
             let count = min(rowsPerBlock, rows - firstRow)
             block.withUnsafeMutableBufferPointer { buffer in
                 let values = buffer.baseAddress!
-                widen(rows: firstRow..<(firstRow + count), columns: columns, into: values)
+                start.widenRows(firstRow..<(firstRow + count), columns: columns, into: values)
                 addDelta(term, factors: factors, rows: firstRow..<(firstRow + count), columns: columns, into: values)
                 for row in 0..<count {
                     for column in 0..<columns {

@@ -32,8 +32,10 @@ let package = Package(
 
         // Signal handlers and the few Linux calls Swift's Glibc module does not import.
         .target(name: "CProcess"),
+        // cpuid/xgetbv, and the OpenBLAS kernel that fits the CPU, chosen before main.
+        .target(name: "CBLASKernel", dependencies: ["COpenBLAS"]),
 
-        .target(name: "TensorCore", dependencies: ["COpenBLAS", "CProcess"], swiftSettings: kernelSettings),
+        .target(name: "TensorCore", dependencies: ["COpenBLAS", "CBLASKernel", "CProcess"], swiftSettings: kernelSettings),
         .target(name: "SafetensorsFormat", dependencies: ["TensorCore"]),
         .target(name: "Quantization", dependencies: ["TensorCore"], swiftSettings: kernelSettings),
         .target(name: "NF4Format", dependencies: ["TensorCore", "CZstd"]),

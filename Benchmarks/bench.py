@@ -105,7 +105,16 @@ def quantize_cases(args, work, env):
         for name, (wall, rss, _) in (("quantize", q), ("dequantize", d)):
             if best[name] is None or wall < best[name][0]:
                 best[name] = (wall, rss)
-    for f in ("q.nf4", "d.safetensors"):
+    # The I/O floor of each: read the whole input once, write an output of the same size
+    # (`cat in >/dev/null; head -c SIZE ... >out`), best of the same number of runs.
+    qsize, dsize = (work / "q.nf4").stat().st_size, (work / "d.safetensors").stat().st_size
+    floor = {}
+    for name, inp, size, source in (("quantize", src, qsize, src), ("dequantize", work / "q.nf4", dsize, "/dev/zero")):
+        for _ in range(args.repeat):
+            (work / "floor.out").unlink(missing_ok=True)
+            wall, _, _ = run(["sh", "-c", f"cat '{inp}' >/dev/null; head -c {size} '{source}' > '{work / 'floor.out'}'"], env)
+            floor[name] = min(floor.get(name, wall), wall)
+    for f in ("q.nf4", "d.safetensors", "floor.out"):
         (work / f).unlink(missing_ok=True)
     params = peer["parameters"]
     rows = []
@@ -115,7 +124,7 @@ def quantize_cases(args, work, env):
         rows.append({"case": f"{name} (NF4, DQ, b64)", "parameters": params, "qtool_seconds": wall,
                      "qtool_mparams_per_s": params / wall / 1e6, "qtool_peak_rss": rss,
                      "peer_seconds": peer_seconds, "peer_mparams_per_s": params / peer_seconds / 1e6,
-                     "speedup": peer_seconds / wall})
+                     "speedup": peer_seconds / wall, "io_floor_seconds": floor[name], "over_io_floor": wall / floor[name]})
     return rows, src.stat().st_size
 
 
@@ -275,6 +284,23 @@ def fmt_bytes(n):
     return f"{n / 1e6:,.0f} MB"
 
 
+def machine_report(args):
+    """`qtool info --bench` at the top of the report, with the generic kernel's figure beside it
+    (OPENBLAS_CORETYPE=Prescott, what Debian's OpenBLAS falls back to on CPUs it does not know)."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+    info = subprocess.run([args.qtool, "info", "--bench"], capture_output=True, text=True, env=env, check=True).stdout
+    print(info.rstrip())
+    report = json.loads(subprocess.run([args.qtool, "info", "--bench", "--json"], capture_output=True, text=True, env=env,
+                                       check=True).stdout)
+    generic = json.loads(subprocess.run([args.qtool, "info", "--bench", "--json"], capture_output=True, text=True,
+                                        env=dict(env, OPENBLAS_CORETYPE="Prescott"), check=True).stdout)
+    own, base = report["blas"]["sgemm_gflops"], generic["blas"]["sgemm_gflops"]
+    print(f"generic kernel (Prescott): {base['1']:.1f} GFLOP/s on 1 thread, {base['all']:.1f} on all; "
+          f"kernel {report['blas']['kernel']}: {own['1'] / base['1']:.1f}× on 1 thread, {own['all'] / base['all']:.1f}× on all")
+    print()
+    return {"case": "machine", "info": report, "generic_sgemm_gflops": base}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dir", default="/dev/shm/qtool-bench", help="work folder (inputs and outputs)")
@@ -287,6 +313,7 @@ def main():
 
     work = Path(args.dir)
     work.mkdir(parents=True, exist_ok=True)
+    machine = machine_report(args)
     if args.only == "memory":
         memory_table(args, work, dict(os.environ, OPENBLAS_NUM_THREADS="1"))
         return
@@ -326,11 +353,13 @@ def main():
     print("× peer: peer in-process seconds / qtool whole-process seconds; × process: both whole processes")
 
     qrows, qsize = quantize_cases(args, work, env)
-    table(f"{'case':26} {'qtool s':>8} {'Mparam/s':>9} {'peak RSS':>9} | {'bnb s':>7} {'Mparam/s':>9} | {'× bnb':>6}",
+    table(f"{'case':26} {'qtool s':>8} {'Mparam/s':>9} {'peak RSS':>9} | {'bnb s':>7} {'Mparam/s':>9} | {'× bnb':>6} | {'I/O floor s':>11} {'× floor':>7}",
           [f"{r['case']:26} {r['qtool_seconds']:8.3f} {r['qtool_mparams_per_s']:9.0f} {fmt_bytes(r['qtool_peak_rss']):>9} | "
-           f"{r['peer_seconds']:7.3f} {r['peer_mparams_per_s']:9.0f} | {r['speedup']:6.1f}" for r in qrows],
+           f"{r['peer_seconds']:7.3f} {r['peer_mparams_per_s']:9.0f} | {r['speedup']:6.1f} | {r['io_floor_seconds']:11.3f} "
+           f"{r['over_io_floor']:7.2f}" for r in qrows],
           f"quantize/dequantize: {qrows[0]['parameters'] / 1e6:.0f} M parameters, bf16 input of {fmt_bytes(qsize)}, "
-          f"largest tensor 8 MB; peer: bitsandbytes quantize_4bit / dequantize_4bit in process on the loaded tensors")
+          f"largest tensor 8 MB; peer: bitsandbytes quantize_4bit / dequantize_4bit in process on the loaded tensors; "
+          f"I/O floor: `cat input >/dev/null; head -c OUTPUT_SIZE ... >out` as one process")
     m = merge_case(args, work, env)
     table(f"{'case':22} {'qtool s':>8} {'peak RSS':>9} | {'peer s':>7} {'in-proc s':>9} {'peak RSS':>9} | {'× process':>9} {'× in-proc':>9}",
           [f"{m['case']:22} {m['qtool_seconds']:8.3f} {fmt_bytes(m['qtool_peak_rss']):>9} | {m['peer_seconds']:7.3f} "
@@ -348,7 +377,7 @@ def main():
           f"safetensors save_file writes them")
     mrows = memory_table(args, work, env)
     if args.json:
-        print(json.dumps(results + qrows + [m, h] + mrows, indent=2))
+        print(json.dumps([machine] + results + qrows + [m, h] + mrows, indent=2))
 
 
 if __name__ == "__main__":

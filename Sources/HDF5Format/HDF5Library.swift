@@ -80,6 +80,16 @@ enum HDF5 {
     }
 }
 
+extension HDF5Helper {
+    /// The libhdf5 linked at run time ("1.10.8"), for `qtool info`; it reads no file, so it runs
+    /// in this process.
+    public static var libraryVersion: String {
+        var (major, minor, release): (UInt32, UInt32, UInt32) = (0, 0, 0)
+        let status = HDF5.locked { H5get_libversion(&major, &minor, &release) }
+        return status < 0 ? "unknown" : "\(major).\(minor).\(release)"
+    }
+}
+
 /// An HDF5 identifier closed when released, with the close function its kind needs.
 final class HDF5Handle {
     enum Kind { case file, object, datatype, dataspace, attribute, propertyList }

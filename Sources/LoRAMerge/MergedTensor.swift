@@ -4,7 +4,7 @@ import TensorCore
 /// A base tensor with its merge applied, computed a block of rows at a time while it streams, so
 /// merging a tensor never holds more than one block of it in float32.
 ///
-/// Per block: the rows are widened to float32, each term adds `scale·B·A` (cblas_sgemm, beta 1),
+/// Per block: the rows are widened to float32, each term adds `scale·B·A` (`BLAS.addProduct`),
 /// a DoRA term then rescales each output unit by `m / ‖W₀ + scale·B·A‖`, and the result is
 /// rounded once to `dtype`. That is PEFT's merge (`W + scaling·B@A` in float32 on CPU) with a
 /// single rounding at the end.
@@ -123,27 +123,33 @@ public struct MergedTensor: TensorPayload {
         factors.a.withUnsafeBufferPointer { a in
             factors.b.withUnsafeBufferPointer { b in
                 let a = a.baseAddress!, b = b.baseAddress!
+                let delta: (MatrixView, MatrixView)
                 switch (module.orientation, module.factorsTransposed) {
                 case (.outputsByInputs, false):
-                    // Δ[o, i] = Σ_k B[o, k] A[k, i]: rows of B times A [r, in].
-                    MatrixMultiply.gemm(
-                        m: rows.count, n: columns, k: r, alpha: term.scale, a: b + rows.lowerBound * r, lda: r, transposeA: false,
-                        b: a, ldb: module.inFeatures, transposeB: false, beta: 1, c: values, ldc: columns)
+                    // Δ[o, i] = Σ_k B[o, k] A[k, i]: rows of B [out, r] times A [r, in].
+                    delta = (
+                        MatrixView(b, rows: module.outFeatures, columns: r).rows(rows),
+                        MatrixView(a, rows: r, columns: module.inFeatures)
+                    )
                 case (.outputsByInputs, true):
                     // mlx-lm: lora_b [r, out] = Bᵀ, lora_a [in, r] = Aᵀ.
-                    MatrixMultiply.gemm(
-                        m: rows.count, n: columns, k: r, alpha: term.scale, a: b + rows.lowerBound, lda: module.outFeatures, transposeA: true,
-                        b: a, ldb: r, transposeB: true, beta: 1, c: values, ldc: columns)
+                    delta = (
+                        MatrixView(b, rows: r, columns: module.outFeatures).transpose.rows(rows),
+                        MatrixView(a, rows: module.inFeatures, columns: r).transpose
+                    )
                 case (.inputsByOutputs, false):
                     // Δᵀ[i, o] = Σ_k A[k, i] B[o, k].
-                    MatrixMultiply.gemm(
-                        m: rows.count, n: columns, k: r, alpha: term.scale, a: a + rows.lowerBound, lda: module.inFeatures, transposeA: true,
-                        b: b, ldb: r, transposeB: true, beta: 1, c: values, ldc: columns)
+                    delta = (
+                        MatrixView(a, rows: r, columns: module.inFeatures).transpose.rows(rows),
+                        MatrixView(b, rows: module.outFeatures, columns: r).transpose
+                    )
                 case (.inputsByOutputs, true):
-                    MatrixMultiply.gemm(
-                        m: rows.count, n: columns, k: r, alpha: term.scale, a: a + rows.lowerBound * r, lda: r, transposeA: false,
-                        b: b, ldb: module.outFeatures, transposeB: false, beta: 1, c: values, ldc: columns)
+                    delta = (
+                        MatrixView(a, rows: module.inFeatures, columns: r).rows(rows),
+                        MatrixView(b, rows: r, columns: module.outFeatures)
+                    )
                 }
+                BLAS.addProduct(delta.0, delta.1, scaledBy: term.scale, to: MutableMatrixView(values, rows: rows.count, columns: columns))
             }
         }
     }

@@ -77,3 +77,8 @@ public enum NF4Payload: Sendable {
     case quantized(NF4QuantizedTensor)
     case plain(Tensor)
 }
+
+extension NF4Container {
+    /// The version of libzstd that compresses `.nf4` sections, for `qtool info`.
+    public static var zstdVersion: String { ZstdCodec.libraryVersion }
+}

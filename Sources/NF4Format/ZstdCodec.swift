@@ -3,6 +3,9 @@ import TensorCore
 
 /// zstd through libzstd: whole-buffer frames with a content checksum.
 enum ZstdCodec {
+    /// The libzstd linked at run time ("1.5.4").
+    static var libraryVersion: String { String(cString: ZSTD_versionString()) }
+
     /// The compressed frame, or nil when zstd fails.
     static func compress(_ input: UnsafeRawBufferPointer, level: Int32) -> [UInt8]? {
         guard let context = ZSTD_createCCtx() else { return nil }

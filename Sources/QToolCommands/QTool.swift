@@ -28,11 +28,15 @@ public struct QTool: ParsableCommand {
                             qtool dequantize out/tiny.nf4 out/tiny-restored
               merge       Fold LoRA adapters (PEFT, mlx-lm) into a base, as PEFT does.
                             qtool merge fixtures/tiny-llama --adapter fixtures/lora/lora -o out/merged
+              info        The CPU, BLAS kernel and library versions (for bug reports).
+                            qtool info --bench
 
             Input errors print 'error: <file>: <problem>' and exit with status 2.
             """,
         version: version,
-        subcommands: [InspectCommand.self, ConvertCommand.self, QuantizeCommand.self, DequantizeCommand.self, MergeCommand.self]
+        subcommands: [
+            InspectCommand.self, ConvertCommand.self, QuantizeCommand.self, DequantizeCommand.self, MergeCommand.self, InfoCommand.self,
+        ]
     )
 
     public init() {}

@@ -94,68 +94,71 @@ public enum BlockwiseQuantizer {
     /// The fast kernel: SIMD over each block, blocks in parallel (a fixed split, so the result
     /// does not depend on the thread count). `source` holds `count` elements of `dtype`.
     public static func quantize(
-        _ source: UnsafeRawPointer, dtype: DType, count n: Int, blocksize: Int, type: QuantType
+        _ source: UnsafeRawPointer, dtype: DType, count n: Int, blocksize: Int, type: QuantType, threads: Int = 1
     ) throws(QuantizationError) -> BlockwiseQuantization {
-        let (packed, absmax) = try quantizeToBuffer(source, dtype: dtype, count: n, blocksize: blocksize, type: type)
-        let bytes = Array(UnsafeRawBufferPointer(start: packed.buffer.baseAddress, count: packed.count))
-        return BlockwiseQuantization(quantType: type, blocksize: blocksize, elementCount: n, packed: bytes, absmax: absmax)
+        try checkBlocksize(blocksize)
+        var packed = [UInt8](repeating: 0, count: (n + 1) / 2)
+        var absmax = [Float](repeating: 0, count: (n + blocksize - 1) / blocksize)
+        let outcome = packed.withUnsafeMutableBytes { codes in
+            absmax.withUnsafeMutableBufferPointer { scales in
+                Result { () throws(QuantizationError) in
+                    try quantize(source, dtype: dtype, count: n, blocksize: blocksize, type: type, codes: codes.baseAddress, scales: scales.baseAddress, threads: threads)
+                }
+            }
+        }
+        try outcome.get()
+        return BlockwiseQuantization(quantType: type, blocksize: blocksize, elementCount: n, packed: packed, absmax: absmax)
     }
 
-    /// `quantize`, leaving the codes in a buffer a tensor can own without a copy.
-    public static func quantizeToBuffer(
-        _ source: UnsafeRawPointer, dtype: DType, count n: Int, blocksize: Int, type: QuantType
-    ) throws(QuantizationError) -> (packed: OwnedBytes, absmax: [Float]) {
+    /// The kernel writing where the caller says: `(count + 1) / 2` bytes of codes and one scale a
+    /// block, so a streaming caller fills its result in place.
+    public static func quantize(
+        _ source: UnsafeRawPointer, dtype: DType, count n: Int, blocksize: Int, type: QuantType,
+        codes: UnsafeMutableRawPointer?, scales: UnsafeMutablePointer<Float>?, threads: Int
+    ) throws(QuantizationError) {
         try checkBlocksize(blocksize)
         guard [.f32, .f16, .bf16, .f64].contains(dtype) else { throw .unsupportedDType(dtype) }
+        guard n > 0, let codes, let scales else { return }
         let blocks = (n + blocksize - 1) / blocksize
-        // Every byte is written by the block that owns it.
-        let packed = OwnedBytes(count: (n + 1) / 2)
-        var absmax = [Float](repeating: 0, count: blocks)
         let firstBad = AtomicMinimum()
         let input = SendableRawPointer(source)
-        do {
-            let packedBytes = packed.buffer
-            absmax.withUnsafeMutableBufferPointer { absmaxBuffer in
-                let out = SendableMutableRawPointer(packedBytes.baseAddress!)
-                let scales = SendableMutableRawPointer(UnsafeMutableRawPointer(absmaxBuffer.baseAddress ?? UnsafeMutablePointer(bitPattern: 4)!))
-                let kernel = Kernel(type: type)
-                // About 64 KiB of input per task. Full blocks of f32 and bf16 are read in place;
-                // other types, and the last partial block, are widened into a scratch block first.
-                let blocksPerTask = max(1, 16384 / blocksize)
-                parallelForChunks(count: blocks, chunk: blocksPerTask) { blockRange in
-                    withUnsafeTemporaryAllocation(of: Float.self, capacity: blocksize) { temp in
-                        let codes = out.raw.assumingMemoryBound(to: UInt8.self)
-                        let scaleOut = scales.raw.assumingMemoryBound(to: Float.self)
-                        for block in blockRange {
-                            let start = block * blocksize
-                            let length = min(blocksize, n - start)
-                            let scale: Float?
-                            if length < blocksize {
-                                // The last, partial block (at most one per tensor).
-                                FloatConversion.decodeToFloat32(input.raw, dtype, from: start, count: length, into: temp.baseAddress!)
-                                scale = kernel.quantizePartialBlock(temp.baseAddress!, count: length, into: codes + start / 2)
-                            } else if dtype == .bf16 {
-                                scale = kernel.quantizeFullBlock(bf16: input.raw + start * 2, count: length, into: codes + start / 2)
-                            } else if dtype == .f32 {
-                                scale = kernel.quantizeFullBlock(f32: input.raw + start * 4, count: length, into: codes + start / 2)
-                            } else {
-                                FloatConversion.decodeToFloat32(input.raw, dtype, from: start, count: length, into: temp.baseAddress!)
-                                scale = kernel.quantizeFullBlock(f32: UnsafeRawPointer(temp.baseAddress!), count: length, into: codes + start / 2)
-                            }
-                            guard let scale else {
-                                FloatConversion.decodeToFloat32(input.raw, dtype, from: start, count: length, into: temp.baseAddress!)
-                                let bad = (0..<length).first { !temp[$0].isFinite } ?? 0
-                                firstBad.record(start + bad)
-                                continue
-                            }
-                            scaleOut[block] = scale
-                        }
+        let out = SendableMutableRawPointer(codes)
+        let scaleOut = SendableMutableRawPointer(UnsafeMutableRawPointer(scales))
+        let kernel = Kernel(type: type)
+        // About 64 KiB of input per task. Full blocks of f32 and bf16 are read in place;
+        // other types, and the last partial block, are widened into a scratch block first.
+        let blocksPerTask = max(1, 16384 / blocksize)
+        parallelForChunks(count: blocks, chunk: blocksPerTask, threads: threads) { blockRange in
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: blocksize) { temp in
+                let codes = out.raw.assumingMemoryBound(to: UInt8.self)
+                let scales = scaleOut.raw.assumingMemoryBound(to: Float.self)
+                for block in blockRange {
+                    let start = block * blocksize
+                    let length = min(blocksize, n - start)
+                    let scale: Float?
+                    if length < blocksize {
+                        // The last, partial block (at most one per tensor).
+                        FloatConversion.decodeToFloat32(input.raw, dtype, from: start, count: length, into: temp.baseAddress!)
+                        scale = kernel.quantizePartialBlock(temp.baseAddress!, count: length, into: codes + start / 2)
+                    } else if dtype == .bf16 {
+                        scale = kernel.quantizeFullBlock(bf16: input.raw + start * 2, count: length, into: codes + start / 2)
+                    } else if dtype == .f32 {
+                        scale = kernel.quantizeFullBlock(f32: input.raw + start * 4, count: length, into: codes + start / 2)
+                    } else {
+                        FloatConversion.decodeToFloat32(input.raw, dtype, from: start, count: length, into: temp.baseAddress!)
+                        scale = kernel.quantizeFullBlock(f32: UnsafeRawPointer(temp.baseAddress!), count: length, into: codes + start / 2)
                     }
+                    guard let scale else {
+                        FloatConversion.decodeToFloat32(input.raw, dtype, from: start, count: length, into: temp.baseAddress!)
+                        let bad = (0..<length).first { !temp[$0].isFinite } ?? 0
+                        firstBad.record(start + bad)
+                        continue
+                    }
+                    scales[block] = scale
                 }
             }
         }
         if let bad = firstBad.value { throw .nonFinite(elementIndex: bad) }
-        return (packed, absmax)
     }
 
     /// Block kernels with the midpoints held in vectors. It holds no references, so passing it
@@ -179,13 +182,20 @@ public enum BlockwiseQuantizer {
         /// each value widened to float32 (exact) as it is scaled.
         @inline(__always)
         func quantizeFullBlock(bf16 source: UnsafeRawPointer, count: Int, into out: UnsafeMutablePointer<UInt8>) -> Float? {
-            var widest = SIMD16<UInt16>(repeating: 0)
+            // Masked patterns compare as the magnitudes do (Inf/NaN above every finite value);
+            // signed 16-bit lanes hold them exactly (at most 0x7FFF).
+            var widest = SIMD16<Int16>(repeating: 0)
             var i = 0
             while i + 16 <= count {
-                widest = pointwiseMax(widest, source.loadUnaligned(fromByteOffset: i * 2, as: SIMD16<UInt16>.self) & 0x7FFF)
+                let x = source.loadUnaligned(fromByteOffset: i * 2, as: SIMD16<Int16>.self) & 0x7FFF
+                widest = widest.replacing(with: x, where: x .> widest)
                 i += 16
             }
-            let widestBits = UInt32(widest.max()) << 16
+            let low = widest.lowHalf, high = widest.highHalf
+            let top = low.replacing(with: high, where: high .> low)
+            var widestBits = UInt32(0)
+            for lane in 0..<8 { widestBits = Swift.max(widestBits, UInt32(UInt16(bitPattern: top[lane]))) }
+            widestBits <<= 16
             guard widestBits < 0x7F80_0000 else { return nil }
             let blockMax = Float(bitPattern: widestBits)
             let factor = SIMD8<Float>(repeating: 1 / max(blockMax, smallestScale))
@@ -254,23 +264,17 @@ public enum BlockwiseQuantizer {
             return stored
         }
 
-        /// The number of midpoints below each lane: the code before FP4's reordering. A branchless
-        /// binary search over the 15 sorted midpoints: four comparisons, each against the midpoint
-        /// the earlier answers select (blends of constant vectors), instead of fifteen.
+        /// The number of midpoints below each lane: the code before FP4's reordering. Fifteen
+        /// independent comparisons summed (a true lane is -1): no chain of dependent steps, so
+        /// the CPU overlaps them, and no blends.
         @inline(__always)
         func bucket(_ v: SIMD8<Float>) -> SIMD8<Int32> {
-            let c1 = m7 .< v
-            let c2 = m3.replacing(with: m11, where: c1) .< v
-            let t3 = m1.replacing(with: m5, where: c2).replacing(with: m9.replacing(with: m13, where: c2), where: c1)
-            let c3 = t3 .< v
-            let low = m0.replacing(with: m2, where: c3).replacing(with: m4.replacing(with: m6, where: c3), where: c2)
-            let high = m8.replacing(with: m10, where: c3).replacing(with: m12.replacing(with: m14, where: c3), where: c2)
-            let c4 = low.replacing(with: high, where: c1) .< v
-            // A true mask lane is all ones: keep one bit of each answer.
-            @inline(__always) func bit(_ mask: SIMDMask<SIMD8<Int32>>, _ value: Int32) -> SIMD8<Int32> {
-                unsafeBitCast(mask, to: SIMD8<Int32>.self) & value
-            }
-            return (bit(c1, 8) | bit(c2, 4)) | (bit(c3, 2) | bit(c4, 1))
+            @inline(__always) func below(_ m: SIMD8<Float>) -> SIMD8<Int32> { unsafeBitCast(m .< v, to: SIMD8<Int32>.self) }
+            let a = (below(m0) &+ below(m1)) &+ (below(m2) &+ below(m3))
+            let b = (below(m4) &+ below(m5)) &+ (below(m6) &+ below(m7))
+            let c = (below(m8) &+ below(m9)) &+ (below(m10) &+ below(m11))
+            let d = (below(m12) &+ below(m13)) &+ below(m14)
+            return SIMD8<Int32>.zero &- ((a &+ b) &+ (c &+ d))
         }
 
         @inline(__always)

@@ -46,9 +46,10 @@ public struct QuantizedTensor: Sendable {
     /// are given back as it goes, a computed one is never held whole), so memory is the 4-bit
     /// result plus a chunk.
     public static func quantize(
-        _ source: any TensorPayload, type: QuantType, blocksize: Int, doubleQuantization: Bool
+        _ source: any TensorPayload, type: QuantType, blocksize: Int, doubleQuantization: Bool,
+        threads: Int = ParallelismSettings.threadCount
     ) throws -> QuantizedTensor {
-        var quantizer = try StreamingQuantizer(dtype: source.dtype, shape: source.shape, type: type, blocksize: blocksize)
+        var quantizer = try StreamingQuantizer(dtype: source.dtype, shape: source.shape, type: type, blocksize: blocksize, threads: threads)
         try source.stream(chunkBytes: StreamingQuantizer.chunkBytes) { piece throws(QuantizationError) in try quantizer.consume(piece) }
         return try quantizer.finish(originalDType: source.dtype, doubleQuantization: doubleQuantization)
     }
@@ -213,16 +214,20 @@ public struct StreamingQuantizer {
     /// Bytes of a block not yet complete (kept until the next piece completes it).
     private var carry: [UInt8] = []
 
-    public init(dtype: DType, shape: Shape, type: QuantType, blocksize: Int) throws(QuantizationError) {
+    /// Threads for the kernel (a fixed split: the result is the same for any count).
+    let threads: Int
+
+    public init(dtype: DType, shape: Shape, type: QuantType, blocksize: Int, threads: Int = ParallelismSettings.threadCount) throws(QuantizationError) {
         try BlockwiseQuantizer.checkBlocksize(blocksize)
         guard [.f32, .f16, .bf16, .f64].contains(dtype) else { throw .unsupportedDType(dtype) }
         self.dtype = dtype
         self.shape = shape
         self.type = type
         self.blocksize = blocksize
+        self.threads = threads
         count = shape.elementCount
         packed = OwnedBytes(count: (count + 1) / 2)
-        absmax.reserveCapacity(count / blocksize + 1)
+        absmax = [Float](repeating: 0, count: (count + blocksize - 1) / blocksize)
     }
 
     private var width: Int { dtype.bitSize / 8 }
@@ -251,19 +256,25 @@ public struct StreamingQuantizer {
         try outcome.get()
     }
 
-    /// Quantizes whole blocks (or the tensor's last, partial one) and stores their codes.
+    /// Quantizes whole blocks (or the tensor's last, partial one) straight into the result.
     private mutating func quantize(_ bytes: UnsafeRawBufferPointer) throws(QuantizationError) {
         let elements = bytes.count / width
         guard done + elements <= count else { throw .invalidLayout(tensor: "", problem: "more elements than the shape holds") }
-        let part: (packed: OwnedBytes, absmax: [Float])
-        do {
-            part = try BlockwiseQuantizer.quantizeToBuffer(bytes.baseAddress!, dtype: dtype, count: elements, blocksize: blocksize, type: type)
-        } catch .nonFinite(let index) {
-            throw .nonFinite(elementIndex: done + index)
+        let firstBlock = done / blocksize
+        let (doneSoFar, codes) = (done, packed.buffer.baseAddress! + done / 2)
+        let outcome = absmax.withUnsafeMutableBufferPointer { scales in
+            Result { () throws(QuantizationError) in
+                // Pieces start on a block boundary, and blocks hold an even number of elements.
+                try BlockwiseQuantizer.quantize(
+                    bytes.baseAddress!, dtype: dtype, count: elements, blocksize: blocksize, type: type,
+                    codes: codes, scales: scales.baseAddress! + firstBlock, threads: threads)
+            }
         }
-        // Pieces start on a block boundary, and blocks hold an even number of elements.
-        (packed.buffer.baseAddress! + done / 2).copyMemory(from: part.packed.buffer.baseAddress!, byteCount: part.packed.count)
-        absmax += part.absmax
+        do {
+            try outcome.get()
+        } catch .nonFinite(let index) {
+            throw .nonFinite(elementIndex: doneSoFar + index)
+        }
         done += elements
     }
 

@@ -73,6 +73,15 @@ public final class MappedFile: @unchecked Sendable {
         _ = madvise(UnsafeMutableRawPointer(mutating: base + start), end - start, MADV_DONTNEED)
     }
 
+    /// Maps every page of `range` in one call (MADV_POPULATE_READ, Linux 5.14), where touching
+    /// them would take a page fault each; a kernel without it leaves them to fault as before.
+    public func populate(_ range: Range<Int>) {
+        guard let base, !range.isEmpty else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let start = range.lowerBound / page * page
+        _ = madvise(UnsafeMutableRawPointer(mutating: base + start), range.upperBound - start, 22 /* MADV_POPULATE_READ */)
+    }
+
     /// Asks the kernel to read `range` ahead of use.
     public func prefetch(_ range: Range<Int>) {
         guard let base, !range.isEmpty else { return }

@@ -51,9 +51,11 @@ public enum QToolBinary {
 
     /// Runs `qtool` with `arguments`, capturing both streams. A run past `timeout` seconds is
     /// killed (and reported as status -1, so a hang fails the test instead of stalling it);
-    /// `memoryLimit` caps its address space (bytes), so a run that would blow up memory fails.
+    /// `memoryLimit` caps its address space (bytes), so a run that would blow up memory fails;
+    /// `removed` names environment variables the run does not inherit.
     public static func run(
-        _ arguments: [String], environment: [String: String] = [:], timeout: Double = 300, memoryLimit: Int? = nil
+        _ arguments: [String], environment: [String: String] = [:], removing removed: [String] = [], timeout: Double = 300,
+        memoryLimit: Int? = nil
     ) throws -> CommandResult {
         let process = Process()
         if let memoryLimit {
@@ -65,6 +67,7 @@ public enum QToolBinary {
         }
         var env = ProcessInfo.processInfo.environment
         env.merge(environment) { $1 }
+        for name in removed { env[name] = nil }
         process.environment = env
         let out = Pipe()
         let err = Pipe()

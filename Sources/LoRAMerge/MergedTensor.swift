@@ -19,14 +19,19 @@ public struct MergedTensor: TensorPayload {
     public let dtype: DType
     /// The base tensor's name, for errors.
     public let name: String
+    /// Threads for the merge (tasks of a fixed size: any count gives the same bits).
+    public let threads: Int
 
     /// Refuses a merge that cannot be written as `dtype`: float32 values are written as F64,
     /// F32, F16 or BF16; a tensor an adapter only replaces is copied or cast.
-    public init(base: any FloatRowSource, merge: TensorMerge, dtype: DType, name: String = "") throws(LoRAError) {
+    public init(
+        base: any FloatRowSource, merge: TensorMerge, dtype: DType, name: String = "", threads: Int = ParallelismSettings.threadCount
+    ) throws(LoRAError) {
         start = merge.replacement?.tensor ?? base
         self.merge = merge
         self.dtype = dtype
         self.name = name
+        self.threads = threads
         let convertible =
             merge.terms.isEmpty
             ? start is Tensor && FloatConversion.canConvert(from: start.dtype, to: dtype) : FloatConversion.encodable.contains(dtype)
@@ -49,7 +54,7 @@ public struct MergedTensor: TensorPayload {
         }
         if merge.terms.isEmpty {
             // Only replaced: the adapter's tensor as it is, or cast.
-            return try CastTensor(start as! Tensor, to: dtype)!.stream(chunkBytes: chunkBytes, into: sink)
+            return try CastTensor(start as! Tensor, to: dtype, threads: threads)!.stream(chunkBytes: chunkBytes, into: sink)
         }
         if merge.isBias {
             var values = [Float](repeating: 0, count: total)
@@ -78,7 +83,7 @@ public struct MergedTensor: TensorPayload {
             let blockStart = firstRow
             // Tasks of a fixed number of rows (set by the shape, not the thread count), each
             // widened, merged and rounded on its own: the result never depends on the threads.
-            parallelForChunks(count: count, chunk: rowsPerTask) { [self] range in
+            parallelForChunks(count: count, chunk: rowsPerTask, threads: threads) { [self] range in
                 let taskRows = (blockStart + range.lowerBound)..<(blockStart + range.upperBound)
                 let taskValues = values.pointer + range.lowerBound * columns
                 start.widenRows(taskRows, columns: columns, into: taskValues)
@@ -203,7 +208,7 @@ public struct MergedTensor: TensorPayload {
         let source = SendablePointer(values.baseAddress!)
         let destination = SendableMutableRawPointer(output.buffer.baseAddress!)
         let type = dtype
-        parallelForChunks(count: values.count, chunk: 1 << 16) { range in
+        parallelForChunks(count: values.count, chunk: 1 << 16, threads: threads) { range in
             FloatConversion.encodeFromFloat32(
                 source.pointer + range.lowerBound, count: range.count, into: destination.raw, type, at: range.lowerBound)
         }

@@ -38,46 +38,6 @@ public struct NF4Section: Sendable, Equatable {
     }
 }
 
-/// A 4-bit tensor as the container stores it: the format's view, independent of the quantizer
-/// (the commands convert to and from `Quantization.QuantizedTensor`).
-public struct NF4QuantizedTensor: Sendable {
-    public var quantType: String
-    public var blocksize: Int
-    /// The original type and shape.
-    public var dtype: DType
-    public var shape: Shape
-    /// U8 packed codes.
-    public var codes: Tensor
-    /// F32 block scales, or U8 codes with double quantization.
-    public var absmax: Tensor
-    /// With double quantization: F32 nested scales, the offset, the nested block size.
-    public var nested: (absmax: Tensor, offset: Float, blocksize: Int)?
-    /// The 16 values of the 4-bit codes, and with double quantization the 256 of the 8-bit map.
-    public var quantMap: Tensor
-    public var nestedQuantMap: Tensor?
-
-    public init(
-        quantType: String, blocksize: Int, dtype: DType, shape: Shape, codes: Tensor, absmax: Tensor,
-        nested: (absmax: Tensor, offset: Float, blocksize: Int)?, quantMap: Tensor, nestedQuantMap: Tensor?
-    ) {
-        self.quantType = quantType
-        self.blocksize = blocksize
-        self.dtype = dtype
-        self.shape = shape
-        self.codes = codes
-        self.absmax = absmax
-        self.nested = nested
-        self.quantMap = quantMap
-        self.nestedQuantMap = nestedQuantMap
-    }
-}
-
-/// What a .nf4 entry holds.
-public enum NF4Payload: Sendable {
-    case quantized(NF4QuantizedTensor)
-    case plain(Tensor)
-}
-
 extension NF4Container {
     /// The version of libzstd that compresses `.nf4` sections, for `qtool info`.
     public static var zstdVersion: String { ZstdCodec.libraryVersion }

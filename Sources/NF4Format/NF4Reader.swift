@@ -3,7 +3,7 @@ import TensorCore
 /// One tensor listed in a .nf4 header.
 public struct NF4Entry: Sendable {
     public enum Kind: Sendable {
-        case quantized(type: String, blocksize: Int, doubleQuant: Bool, offset: Float, sections: [String: NF4Section])
+        case quantized(type: QuantType, blocksize: Int, doubleQuant: Bool, offset: Float, sections: [String: NF4Section])
         case plain(NF4Section)
     }
     public var name: String
@@ -70,8 +70,10 @@ public struct NF4File: Sendable {
         files = parsed.files
     }
 
-    /// The tensor of `entry`, checking its sections' checksums; uncompressed sections stay mapped.
-    public func load(_ entry: NF4Entry) throws -> NF4Payload {
+    /// The tensor of `entry`, checking its sections' checksums and that its code tables are the
+    /// standard ones (the container stores them; qtool restores with its own); uncompressed
+    /// sections stay mapped.
+    public func load(_ entry: NF4Entry) throws -> StoredTensor {
         switch entry.kind {
         case .plain(let section):
             return .plain(try load(section, owner: entry.name, dtype: entry.dtype, shape: entry.shape))
@@ -80,11 +82,23 @@ public struct NF4File: Sendable {
                 let section = sections[key]!
                 return try load(section, owner: entry.name, dtype: dtype, shape: [section.size * 8 / dtype.bitSize])
             }
-            return .quantized(NF4QuantizedTensor(
-                quantType: type, blocksize: blocksize, dtype: entry.dtype, shape: entry.shape,
-                codes: try part("codes", .u8), absmax: try part("absmax", doubleQuant ? .u8 : .f32),
-                nested: doubleQuant ? (try part("nested_absmax", .f32), offset, 256) : nil,
-                quantMap: try part("quant_map", .f32), nestedQuantMap: doubleQuant ? try part("nested_quant_map", .f32) : nil))
+            func checkTable(_ key: String, _ expected: [Float], _ what: String) throws {
+                guard try part(key, .f32).values(as: Float.self).map(\.bitPattern) == expected.map(\.bitPattern) else {
+                    throw NF4Error.invalidSection(path: path, owner: entry.name, detail: "\(key) is not \(what)")
+                }
+            }
+            try checkTable("quant_map", type.code, "the standard \(type.rawValue) table")
+            let absmax: QuantizedTensor.Absmax
+            if doubleQuant {
+                try checkTable("nested_quant_map", DynamicMap.values, "bitsandbytes' dynamic map")
+                absmax = .double(codes: try part("absmax", .u8), nestedAbsmax: try part("nested_absmax", .f32), offset: offset, nestedBlocksize: 256)
+            } else {
+                absmax = .plain(try part("absmax", .f32))
+            }
+            return .quantized(
+                QuantizedTensor(
+                    quantType: type, blocksize: blocksize, shape: entry.shape, originalDType: entry.dtype, packed: try part("codes", .u8),
+                    absmax: absmax))
         }
     }
 
@@ -188,7 +202,7 @@ struct HeaderParser {
             return NF4Entry(name: name, dtype: dtype, shape: shape, kind: .plain(try section("data", size: bytes)))
         }
         guard [.f32, .f16, .bf16, .f64].contains(dtype) else { throw fail("tensor '\(name)': a quantized tensor's dtype must be a float type") }
-        guard let type = value["quant_type"]?.stringValue, ["nf4", "fp4"].contains(type) else {
+        guard let type = value["quant_type"]?.stringValue.flatMap(QuantType.init(rawValue:)) else {
             throw fail("tensor '\(name)': missing or unknown \"quant_type\"")
         }
         guard let blocksize = value["blocksize"]?.integerValue, blocksize >= 32, blocksize <= 4096, blocksize & (blocksize - 1) == 0 else {

@@ -32,29 +32,34 @@ public final class NF4Writer {
         guard names.insert(name).inserted else { throw NF4Error.cannotWrite(path: path, detail: "tensor '\(name)' added twice") }
     }
 
-    public func addQuantized(name: String, _ tensor: NF4QuantizedTensor) throws {
+    public func addQuantized(name: String, _ tensor: QuantizedTensor) throws {
         try claim(name)
+        let nested: (codes: Tensor, absmax: Tensor, offset: Float, blocksize: Int)? =
+            if case .double(let codes, let absmax, let offset, let blocksize) = tensor.absmax { (codes, absmax, offset, blocksize) } else { nil }
         var members: [JSONMember] = [
             JSONMember(key: "name", value: .string(name)),
             JSONMember(key: "quantized", value: .bool(true)),
-            JSONMember(key: "quant_type", value: .string(tensor.quantType)),
+            JSONMember(key: "quant_type", value: .string(tensor.quantType.rawValue)),
             JSONMember(key: "blocksize", value: .integer(tensor.blocksize)),
-            JSONMember(key: "dtype", value: .string(tensor.dtype.rawValue)),
+            JSONMember(key: "dtype", value: .string(tensor.originalDType.rawValue)),
             JSONMember(key: "shape", value: .array(tensor.shape.dimensions.map(JSONValue.integer))),
-            JSONMember(key: "double_quant", value: .bool(tensor.nested != nil)),
+            JSONMember(key: "double_quant", value: .bool(nested != nil)),
         ]
-        if let nested = tensor.nested {
+        if let nested {
             members.append(JSONMember(key: "nested_blocksize", value: .integer(nested.blocksize)))
-            let bits = String(nested.offset.bitPattern, radix: 16)
-            members.append(JSONMember(key: "offset_bits", value: .string(String(repeating: "0", count: 8 - bits.count) + bits)))
+            members.append(JSONMember(key: "offset_bits", value: .string(nested.offset.bitPattern.paddedHexDigits)))
         }
-        members.append(JSONMember(key: "codes", value: try writeSection(tensor.codes).json))
-        members.append(JSONMember(key: "absmax", value: try writeSection(tensor.absmax).json))
-        if let nested = tensor.nested {
-            members.append(JSONMember(key: "nested_absmax", value: try writeSection(nested.absmax).json))
+        members.append(JSONMember(key: "codes", value: try writeSection(tensor.packed).json))
+        switch tensor.absmax {
+        case .plain(let scales):
+            members.append(JSONMember(key: "absmax", value: try writeSection(scales).json))
+        case .double(let codes, let nestedAbsmax, _, _):
+            members.append(JSONMember(key: "absmax", value: try writeSection(codes).json))
+            members.append(JSONMember(key: "nested_absmax", value: try writeSection(nestedAbsmax).json))
         }
-        members.append(JSONMember(key: "quant_map", value: try writeSection(tensor.quantMap).json))
-        if let map = tensor.nestedQuantMap, tensor.nested != nil {
+        members.append(JSONMember(key: "quant_map", value: try writeSection(Tensor(dtype: .f32, shape: [16], values: tensor.quantType.code)).json))
+        if nested != nil {
+            let map = Tensor(dtype: .f32, shape: [256], values: DynamicMap.values)
             members.append(JSONMember(key: "nested_quant_map", value: try writeSection(map).json))
         }
         tensors.append(.object(members))

@@ -15,14 +15,32 @@ struct CheckpointEntry {
     let quantization: String?
     /// Bytes the checkpoint spends on it.
     let storedBytes: Int
-    let load: @Sendable () throws -> QuantizedOrPlain
+    let load: @Sendable () throws -> StoredTensor
+}
+
+/// The format a checkpoint was read from.
+enum CheckpointFormat: Equatable, CustomStringConvertible {
+    case safetensors
+    /// bitsandbytes' pre-quantized layout in safetensors (a transformers 4-bit save).
+    case bitsandbytes
+    case nf4
+    case hdf5(HDF5Kind)
+
+    /// The name reports print.
+    var description: String {
+        switch self {
+        case .safetensors: "safetensors"
+        case .bitsandbytes: "bitsandbytes 4-bit (safetensors)"
+        case .nf4: "nf4"
+        case .hdf5(let kind): "hdf5 (\(kind.rawValue))"
+        }
+    }
 }
 
 /// A checkpoint opened for reading, whatever its format: its tensors, and the model files that
 /// travel with them.
 struct Checkpoint {
-    /// The format's name as reports print it.
-    let format: String
+    let format: CheckpointFormat
     let path: String
     let entries: [CheckpointEntry]
     let metadata: [(key: String, value: String)]?
@@ -64,9 +82,9 @@ struct Checkpoint {
                     .plain(tensor)
                 }
             }
-            return Checkpoint(format: "safetensors", path: path, entries: entries, metadata: tensors.metadata, companions: companions, shardGroups: groups)
+            return Checkpoint(format: .safetensors, path: path, entries: entries, metadata: tensors.metadata, companions: companions, shardGroups: groups)
         }
-        let imported: [(name: String, tensor: QuantizedOrPlain)]
+        let imported: [(name: String, tensor: StoredTensor)]
         do {
             imported = try BitsandbytesLayout.import(tensors)
         } catch {
@@ -81,7 +99,7 @@ struct Checkpoint {
             }
         }
         return Checkpoint(
-            format: "bitsandbytes 4-bit (safetensors)", path: path, entries: entries, metadata: tensors.metadata,
+            format: .bitsandbytes, path: path, entries: entries, metadata: tensors.metadata,
             companions: companions, shardGroups: nil)
     }
 
@@ -99,7 +117,7 @@ struct Checkpoint {
             }
         }
         return Checkpoint(
-            format: "hdf5 (\(reader.kind.rawValue))", path: path, entries: entries,
+            format: .hdf5(reader.kind), path: path, entries: entries,
             metadata: [(HDF5Layout.metadataKey, reader.layout.json.compactSerialized())], companions: [], shardGroups: nil)
     }
 
@@ -121,11 +139,19 @@ struct Checkpoint {
                 description = "\(type), blocksize \(blocksize)" + (doubleQuant ? ", double quantization" : "")
             }
             return CheckpointEntry(name: entry.name, dtype: entry.dtype, shape: entry.shape, quantization: description, storedBytes: stored) {
-                try QuantizedAdapter.fromContainer(try file.load(entry), path: path, name: entry.name)
+                let stored = try file.load(entry)
+                if case .quantized(let q) = stored {
+                    do {
+                        try q.checkScales(name: entry.name)
+                    } catch {
+                        throw CommandError(path: path, String(describing: error))
+                    }
+                }
+                return stored
             }
         }
         let companions = file.files.map { item in (name: item.name, read: { @Sendable in try file.fileBytes(item.name) }) }
-        return Checkpoint(format: "nf4", path: path, entries: entries, metadata: file.metadata, companions: companions, shardGroups: nil)
+        return Checkpoint(format: .nf4, path: path, entries: entries, metadata: file.metadata, companions: companions, shardGroups: nil)
     }
 
 
@@ -175,48 +201,3 @@ enum FileSignature {
     }
 }
 
-/// Converts between the quantizer's tensors and the container's.
-enum QuantizedAdapter {
-    static func toContainer(_ q: QuantizedTensor) -> NF4QuantizedTensor {
-        let quantMap = Tensor(dtype: .f32, shape: [16], values: q.quantType.code)
-        switch q.absmax {
-        case .plain(let scales):
-            return NF4QuantizedTensor(
-                quantType: q.quantType.rawValue, blocksize: q.blocksize, dtype: q.originalDType, shape: q.shape, codes: q.packed,
-                absmax: scales, nested: nil, quantMap: quantMap, nestedQuantMap: nil)
-        case .double(let codes, let nested, let offset, let nestedBlocksize):
-            return NF4QuantizedTensor(
-                quantType: q.quantType.rawValue, blocksize: q.blocksize, dtype: q.originalDType, shape: q.shape, codes: q.packed,
-                absmax: codes, nested: (nested, offset, nestedBlocksize), quantMap: quantMap,
-                nestedQuantMap: Tensor(dtype: .f32, shape: [256], values: DynamicMap.values))
-        }
-    }
-
-    static func fromContainer(_ payload: NF4Payload, path: String, name: String) throws -> QuantizedOrPlain {
-        switch payload {
-        case .plain(let tensor): return .plain(tensor)
-        case .quantized(let t):
-            guard let type = QuantType(rawValue: t.quantType) else { throw CommandError(path: path, "tensor '\(name)': unknown quant type") }
-            guard t.quantMap.values(as: Float.self).map(\.bitPattern) == type.code.map(\.bitPattern) else {
-                throw CommandError(path: path, "tensor '\(name)': quant map is not the standard \(type.rawValue) table")
-            }
-            let absmax: QuantizedTensor.Absmax
-            if let nested = t.nested {
-                guard t.nestedQuantMap?.values(as: Float.self).map(\.bitPattern) == DynamicMap.values.map(\.bitPattern) else {
-                    throw CommandError(path: path, "tensor '\(name)': nested quant map is not bitsandbytes' dynamic map")
-                }
-                absmax = .double(codes: t.absmax, nestedAbsmax: nested.absmax, offset: nested.offset, nestedBlocksize: nested.blocksize)
-            } else {
-                absmax = .plain(t.absmax)
-            }
-            let quantized = QuantizedTensor(
-                quantType: type, blocksize: t.blocksize, shape: t.shape, originalDType: t.dtype, packed: t.codes, absmax: absmax)
-            do {
-                try quantized.checkScales(name: name)
-            } catch {
-                throw CommandError(path: path, error.description)
-            }
-            return .quantized(quantized)
-        }
-    }
-}

@@ -90,7 +90,7 @@ struct CheckpointWriter {
             let pipeline = Prefetcher(count: names.count, produce: produce)
             for (index, name) in names.enumerated() {
                 switch try pipeline.item(index) {
-                case .quantized(let q): try writer.addQuantized(name: name, QuantizedAdapter.toContainer(q))
+                case .quantized(let q): try writer.addQuantized(name: name, q)
                 case .plain(let payload): try writer.addPlain(name: name, ProgressPayload(base: payload, progress: progress))
                 }
             }

@@ -37,13 +37,12 @@ struct ConvertCommand: ParsableCommand {
     @OptionGroup var floats: FloatOutputOptions
 
     @Option(help: "torch: transpose Keras Dense kernels to [out, in]; keras: back to [in, out].")
-    var layout: String?
+    var layout: KernelLayout?
     @OptionGroup var report: ReportOptions
 
     func validate() throws {
         try PathArguments.validate([("INPUT", input), ("OUTPUT", output)])
         try floats.validate(output: output)
-        if let layout, !["torch", "keras"].contains(layout) { throw ValidationError("--layout must be torch or keras") }
     }
 
     /// The metadata key recording which way Keras kernels lie after `--layout`.
@@ -57,10 +56,10 @@ struct ConvertCommand: ParsableCommand {
         let progress = ProgressBar(label: "convert", total: totalBytes, quiet: report.quiet)
         // Kernels are transposed only when they are not already in the asked layout.
         let recorded = checkpoint.metadata?.first { $0.key == Self.kernelLayoutKey }?.value ?? "keras"
-        let transpose = layout != nil && layout != recorded
+        let transpose = layout != nil && layout?.rawValue != recorded
         var metadata = checkpoint.metadata
         if let layout {
-            metadata = (metadata ?? []).filter { $0.key != Self.kernelLayoutKey } + [(Self.kernelLayoutKey, layout)]
+            metadata = (metadata ?? []).filter { $0.key != Self.kernelLayoutKey } + [(Self.kernelLayoutKey, layout.rawValue)]
         }
         var writer = CheckpointWriter(
             target: OutputTarget(output), metadata: metadata, companions: checkpoint.companions, progress: progress)

@@ -50,7 +50,7 @@ struct InspectReport {
     let files: [String]
 
     init(_ checkpoint: Checkpoint) {
-        format = checkpoint.format
+        format = checkpoint.format.description
         path = checkpoint.path
         rows = checkpoint.entries.map { entry in
             Row(name: entry.name, dtype: entry.dtype, shape: entry.shape,
@@ -116,8 +116,8 @@ struct InspectReport {
         let widths = (0..<header.count).map { column in ([header] + cells).map { $0[column].count }.max()! }
         func line(_ cells: [String]) -> String {
             cells.enumerated().map { column, text in
-                let padding = String(repeating: " ", count: widths[column] - text.count)
-                return column == 3 || column == 4 ? padding + text : text + padding
+                column == 3 || column == 4
+                    ? text.leftPadded(to: widths[column]) : text + String(repeating: " ", count: widths[column] - text.count)
             }.joined(separator: "  ")
         }
         lines.append(line(header))

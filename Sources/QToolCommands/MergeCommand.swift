@@ -40,8 +40,8 @@ struct MergeCommand: ParsableCommand {
 
     @OptionGroup var floats: FloatOutputOptions
 
-    @Option(help: "safetensors, nf4 or bnb (default: the base's format).")
-    var format: String?
+    @Option(help: "The output's format (default: the base's).")
+    var format: MergeOutputFormat?
 
     @Flag(help: "List the tensors that would change and the scale applied; write nothing.")
     var dryRun = false
@@ -56,31 +56,13 @@ struct MergeCommand: ParsableCommand {
         for spec in adapters { _ = try AdapterFolder.parseSpec(spec) }
         guard dryRun || output != nil else { throw ValidationError("--output is required (or use --dry-run)") }
         if let format {
-            guard let parsed = OutputFormat(rawValue: format) else { throw ValidationError("--format must be safetensors, nf4 or bnb") }
-            if format != "safetensors" && floats.dtype != nil {
-                throw ValidationError("--dtype applies to float output, not --format \(format)")
+            if format != .safetensors && floats.dtype != nil {
+                throw ValidationError("--dtype applies to float output, not --format \(format.rawValue)")
             }
-            if let output { try parsed.checkOutputName(output) }
+            if let output { try format.checkOutputName(output) }
         }
         try floats.validate()
         if let output { try floats.validate(output: output) }
-    }
-
-    enum OutputFormat: String {
-        case safetensors, nf4, bnb
-
-        /// An OUTPUT whose name says another format is a mistake, not a wish.
-        func checkOutputName(_ output: String) throws {
-            if output.hasSuffix(".h5") || output.hasSuffix(".hdf5") {
-                throw ValidationError("OUTPUT '\(output)' names an HDF5 file; merge writes safetensors, .nf4 or bitsandbytes outputs")
-            }
-            if self == .nf4, output.hasSuffix(".safetensors") {
-                throw ValidationError("--format nf4 writes a .nf4 file, but OUTPUT '\(output)' names a .safetensors file")
-            }
-            if self != .nf4, output.hasSuffix(".nf4") {
-                throw ValidationError("OUTPUT '\(output)' ends in .nf4 but --format is \(rawValue); use --format nf4 or another name")
-            }
-        }
     }
 
     func run() throws {
@@ -93,7 +75,7 @@ struct MergeCommand: ParsableCommand {
         if dryRun { return printPlan(plan, checkpoint: checkpoint, adapters: loaded) }
 
         let output = output!
-        let format = format.flatMap(OutputFormat.init(rawValue:)) ?? defaultFormat(checkpoint, output: output)
+        let format = format ?? defaultFormat(checkpoint, output: output)
         try format.checkOutputName(output)
         let target: OutputTarget
         switch format {
@@ -169,10 +151,10 @@ struct MergeCommand: ParsableCommand {
     }
 
     /// The base's own format, unless --dtype asks for floats or OUTPUT's name says .nf4.
-    private func defaultFormat(_ checkpoint: Checkpoint, output: String) -> OutputFormat {
+    private func defaultFormat(_ checkpoint: Checkpoint, output: String) -> MergeOutputFormat {
         if output.hasSuffix(".nf4") && floats.dtype == nil { return .nf4 }
         guard checkpoint.isQuantized, floats.dtype == nil else { return .safetensors }
-        return checkpoint.format == "nf4" ? .nf4 : .bnb
+        return checkpoint.format == .nf4 ? .nf4 : .bnb
     }
 
     private static func floatType(_ dtype: DType) -> DType { dtype == .f64 ? .f32 : dtype }
@@ -303,5 +285,20 @@ enum AdapterFolder {
             LoRAAdapter.layout(of: tensors)
             ?? (config["peft_type"] != nil ? .peft : config["lora_parameters"] != nil || weights.hasSuffix(mlxWeights) ? .mlx : .peft)
         return try LoRAAdapter(path: folder, config: config, tensors: tensors, layout: layout)
+    }
+}
+
+extension MergeOutputFormat {
+    /// An OUTPUT whose name says another format is a mistake, not a wish.
+    func checkOutputName(_ output: String) throws {
+        if output.hasSuffix(".h5") || output.hasSuffix(".hdf5") {
+            throw ValidationError("OUTPUT '\(output)' names an HDF5 file; merge writes safetensors, .nf4 or bitsandbytes outputs")
+        }
+        if self == .nf4, output.hasSuffix(".safetensors") {
+            throw ValidationError("--format nf4 writes a .nf4 file, but OUTPUT '\(output)' names a .safetensors file")
+        }
+        if self != .nf4, output.hasSuffix(".nf4") {
+            throw ValidationError("OUTPUT '\(output)' ends in .nf4 but --format is \(rawValue); use --format nf4 or another name")
+        }
     }
 }

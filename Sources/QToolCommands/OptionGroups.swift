@@ -2,23 +2,64 @@ import ArgumentParser
 import SafetensorsFormat
 import TensorCore
 
+/// The float types a command writes (`--dtype`).
+enum FloatOutputType: String, CaseIterable, ExpressibleByArgument {
+    case f32, f16, bf16
+
+    var dtype: DType {
+        switch self {
+        case .f32: .f32
+        case .f16: .f16
+        case .bf16: .bf16
+        }
+    }
+
+    /// Also takes torch's names (float32, bfloat16, …); the message names the valid values.
+    static func parse(_ text: String) throws -> FloatOutputType {
+        guard let dtype = DType(userName: text), let value = allCases.first(where: { $0.dtype == dtype }) else {
+            throw ValidationError("--dtype must be f32, f16 or bf16, not '\(text)'")
+        }
+        return value
+    }
+}
+
+/// What `quantize` writes (`--format`).
+enum QuantizedOutputFormat: String, CaseIterable, ExpressibleByArgument {
+    /// A .nf4 container.
+    case nf4
+    /// bitsandbytes' pre-quantized layout: a model folder or a .safetensors file.
+    case bnb
+}
+
+/// What `merge` writes (`--format`).
+enum MergeOutputFormat: String, CaseIterable, ExpressibleByArgument {
+    case safetensors, nf4, bnb
+}
+
+/// Which way Keras Dense kernels lie (`convert --layout`).
+enum KernelLayout: String, CaseIterable, ExpressibleByArgument {
+    /// torch's Linear `[out, in]`.
+    case torch
+    /// Keras's Dense `[in, out]`.
+    case keras
+}
+
+extension QuantType: ExpressibleByArgument {}
+
 /// `--dtype` and `--max-shard-size`, shared by the commands that write float checkpoints.
 struct FloatOutputOptions: ParsableArguments {
-    @Option(help: "Cast floating-point tensors to f32, f16 or bf16 (integer tensors are kept).")
-    var dtype: String?
+    @Option(
+        help: ArgumentHelp("Cast floating-point tensors to this type (integer tensors are kept).", valueName: "f32|f16|bf16"),
+        transform: FloatOutputType.parse)
+    var dtype: FloatOutputType?
 
     @Option(help: "Largest shard of a folder output, e.g. 5GB, 500MB, 2GiB or bytes.")
     var maxShardSize: String?
 
-    var targetDType: DType? { dtype.flatMap { DType(userName: $0) } }
+    var targetDType: DType? { dtype?.dtype }
     var shardLimit: Int? { maxShardSize.flatMap(ShardedWriter.parseSize) }
 
     func validate() throws {
-        if let dtype {
-            guard let parsed = DType(userName: dtype), [.f32, .f16, .bf16].contains(parsed) else {
-                throw ValidationError("--dtype must be f32, f16 or bf16, not '\(dtype)'")
-            }
-        }
         if let maxShardSize, ShardedWriter.parseSize(maxShardSize) == nil {
             throw ValidationError("--max-shard-size must be a size such as 5GB, 500MB or 2GiB, not '\(maxShardSize)'")
         }

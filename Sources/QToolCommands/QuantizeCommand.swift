@@ -28,8 +28,8 @@ struct QuantizeCommand: ParsableCommand {
 
     @OptionGroup var inputOptions: InputOptions
 
-    @Option(help: "nf4 or fp4.")
-    var quantType: String = "nf4"
+    @Option(help: "The 4-bit data type.")
+    var quantType: QuantType = .nf4
 
     @Option(parsing: .unconditional, help: "Elements per block: a power of two from 32 to 4096.")
     var blocksize: Int = 64
@@ -49,7 +49,7 @@ struct QuantizeCommand: ParsableCommand {
     @OptionGroup var threading: ThreadOptions
 
     @Option(help: "nf4 (a .nf4 container) or bnb (a bitsandbytes model folder or .safetensors file). Default: bnb for an OUTPUT ending in .safetensors or an existing folder, else nf4.")
-    var format: String?
+    var format: QuantizedOutputFormat?
 
     @Flag(help: "Also measure the error of the 4-bit weights against the source (slower).")
     var error = false
@@ -58,31 +58,29 @@ struct QuantizeCommand: ParsableCommand {
 
     func validate() throws {
         try PathArguments.validate([("INPUT", input), ("OUTPUT", output)])
-        guard QuantType(rawValue: quantType) != nil else { throw ValidationError("--quant-type must be nf4 or fp4") }
         guard BlockwiseQuantizer.validBlocksizes.contains(blocksize) else {
             throw ValidationError("--blocksize must be a power of two from 32 to 4096, not \(blocksize)")
         }
-        if let format, !["nf4", "bnb"].contains(format) { throw ValidationError("--format must be nf4 or bnb") }
         if output.hasSuffix(".h5") || output.hasSuffix(".hdf5") {
             throw ValidationError("OUTPUT '\(output)' names an HDF5 file; quantize writes a .nf4 file or a bitsandbytes folder")
         }
-        if format == "nf4", output.hasSuffix(".safetensors") || FilePaths.isDirectory(output) {
+        if format == .nf4, output.hasSuffix(".safetensors") || FilePaths.isDirectory(output) {
             throw ValidationError("--format nf4 writes a .nf4 file, but OUTPUT '\(output)' is a .safetensors name or a folder; use --format bnb")
         }
-        if format == "bnb", output.hasSuffix(".nf4") {
+        if format == .bnb, output.hasSuffix(".nf4") {
             throw ValidationError("OUTPUT '\(output)' ends in .nf4 but --format is bnb; use --format nf4 or another name")
         }
         if let compress {
-            guard outputFormat == "nf4", Self.compressionLevel(compress) != nil else {
+            guard outputFormat == .nf4, Self.compressionLevel(compress) != nil else {
                 throw ValidationError("--compress takes zstd or zstd:LEVEL (1-22), for --format nf4")
             }
         }
     }
 
     /// The format asked for, or the one OUTPUT's name implies.
-    var outputFormat: String {
+    var outputFormat: QuantizedOutputFormat {
         if let format { return format }
-        return output.hasSuffix(".safetensors") || FilePaths.isDirectory(output) ? "bnb" : "nf4"
+        return output.hasSuffix(".safetensors") || FilePaths.isDirectory(output) ? .bnb : .nf4
     }
 
     static func compressionLevel(_ text: String) -> Int32? {
@@ -95,13 +93,13 @@ struct QuantizeCommand: ParsableCommand {
         threading.apply()
         let started = Date()
         let checkpoint = try Checkpoint.open(input, allowExternal: inputOptions.allowExternal)
-        let type = QuantType(rawValue: quantType)!
+        let type = quantType
         let selection = TensorSelection(include: include, skip: skip)
         let sourceBytes = checkpoint.entries.reduce(0) { $0 + $1.storedBytes }
         let progress = ProgressBar(label: "quantize", total: sourceBytes, quiet: report.quiet)
         let format = outputFormat
         let target: OutputTarget
-        if format == "nf4" {
+        if format == .nf4 {
             target = .nf4(output)
         } else {
             target = output.hasSuffix(".safetensors") ? .safetensorsFile(output) : .folder(output)
@@ -148,7 +146,7 @@ struct QuantizeCommand: ParsableCommand {
             Report.printJSON(JSONValue.object([
                 JSONMember(key: "input", value: .string(input)),
                 JSONMember(key: "output", value: .string(output)),
-                JSONMember(key: "format", value: .string(format)),
+                JSONMember(key: "format", value: .string(format.rawValue)),
                 JSONMember(key: "files", value: .array(written.map(JSONValue.string))),
                 JSONMember(key: "quant_type", value: .string(type.rawValue)),
                 JSONMember(key: "blocksize", value: .integer(blocksize)),
@@ -172,11 +170,9 @@ struct QuantizeCommand: ParsableCommand {
 }
 
 /// How far 4-bit weights are from their source, over every quantized tensor.
+/// `--error`: the 4-bit weights against the source, as one `TensorComparison`.
 struct QuantizationErrorStats {
-    var squaredError = 0.0
-    var squaredSource = 0.0
-    var largest = 0.0
-    var count = 0
+    var comparison = TensorComparison()
 
     /// Compares a chunk at a time (the source widened, the codes dequantized as bitsandbytes
     /// does), so measuring holds no tensor whole.
@@ -199,29 +195,16 @@ struct QuantizationErrorStats {
                         into: out.baseAddress!, dtype: .f32)
                 }
             }
-            for (offset, value) in values.enumerated() {
-                let difference = Double(restored[offset]) - Double(value)
-                squaredError += difference * difference
-                squaredSource += Double(value) * Double(value)
-                largest = max(largest, abs(difference))
-            }
+            restored.withUnsafeBufferPointer { comparison.add(reference: values, candidate: UnsafeBufferPointer(rebasing: $0[0..<values.count])) }
             index += values.count
         }
-        count += index
     }
 
-    var rmse: Double { count == 0 ? 0 : (squaredError / Double(count)).squareRoot() }
-    var relative: Double { squaredSource == 0 ? 0 : (squaredError / squaredSource).squareRoot() }
-
-    var json: JSONValue {
-        .object([
-            JSONMember(key: "rmse", value: .double(rmse)),
-            JSONMember(key: "relative_rmse", value: .double(relative)),
-            JSONMember(key: "max_abs_error", value: .double(largest)),
-        ])
-    }
+    var json: JSONValue { comparison.json }
 
     var summary: String {
-        String(format: "error of the 4-bit weights against the source: RMSE %.3g, relative %.2f%%, largest %.3g", rmse, relative * 100, largest)
+        String(
+            format: "error of the 4-bit weights against the source: RMSE %.3g, relative %.2f%%, largest %.3g, SQNR %.1f dB, cosine %.5f",
+            comparison.rmse, comparison.relativeRMSE * 100, comparison.maxAbsError, comparison.sqnr, comparison.cosine)
     }
 }

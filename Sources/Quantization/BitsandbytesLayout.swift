@@ -57,7 +57,7 @@ public enum BitsandbytesLayout {
     }
 
     /// Splits a checkpoint in this layout into quantized weights and the other tensors, in order.
-    public static func `import`(_ tensors: NamedTensors) throws(QuantizationError) -> [(name: String, tensor: QuantizedOrPlain)] {
+    public static func `import`(_ tensors: NamedTensors) throws(QuantizationError) -> [(name: String, tensor: StoredTensor)] {
         var stateOf: [String: (type: QuantType, key: String)] = [:]
         for name in tensors.names {
             guard let range = name.range(of: quantStatePrefix) else { continue }
@@ -88,7 +88,7 @@ public enum BitsandbytesLayout {
             owned.insert(state.key)
             for suffix in suffixes { owned.insert(base + suffix) }
         }
-        var result: [(String, QuantizedOrPlain)] = []
+        var result: [(String, StoredTensor)] = []
         for name in tensors.names {
             if let state = stateOf[name] {
                 result.append((name, .quantized(try read(base: name, type: state.type, stateKey: state.key, tensors))))
@@ -183,8 +183,3 @@ public enum BitsandbytesLayout {
     }
 }
 
-/// A checkpoint entry that is either quantized or kept as it was.
-public enum QuantizedOrPlain: Sendable {
-    case quantized(QuantizedTensor)
-    case plain(Tensor)
-}

@@ -1,46 +1,6 @@
 import TensorCore
 
-/// A tensor stored in 4 bits: packed codes, their block scales, and what is needed to restore it.
-public struct QuantizedTensor: Sendable {
-    /// How the block scales are stored.
-    public enum Absmax: Sendable {
-        /// One float32 per block.
-        case plain(Tensor)
-        /// Double quantization: one 8-bit code per block, a float32 scale per `nestedBlocksize`
-        /// codes, and the offset added back.
-        case double(codes: Tensor, nestedAbsmax: Tensor, offset: Float, nestedBlocksize: Int)
-    }
-
-    public var quantType: QuantType
-    public var blocksize: Int
-    /// The original tensor's shape and type (restored by dequantization).
-    public var shape: Shape
-    public var originalDType: DType
-    /// U8, `ceil(n / 2)` bytes, two codes a byte, high nibble first.
-    public var packed: Tensor
-    public var absmax: Absmax
-
-    public init(quantType: QuantType, blocksize: Int, shape: Shape, originalDType: DType, packed: Tensor, absmax: Absmax) {
-        self.quantType = quantType
-        self.blocksize = blocksize
-        self.shape = shape
-        self.originalDType = originalDType
-        self.packed = packed
-        self.absmax = absmax
-    }
-
-    public var elementCount: Int { shape.elementCount }
-    public var blockCount: Int { (elementCount + blocksize - 1) / blocksize }
-    public var isDoubleQuantized: Bool { if case .double = absmax { true } else { false } }
-
-    /// Bytes the quantized form takes (codes and scales).
-    public var storedBytes: Int {
-        switch absmax {
-        case .plain(let scales): packed.byteCount + scales.byteCount
-        case .double(let codes, let nested, _, _): packed.byteCount + codes.byteCount + nested.byteCount + 4
-        }
-    }
-
+extension QuantizedTensor {
     /// Quantizes `source` (f32, f16, bf16 or f64), optionally with double quantization. The
     /// source streams through the quantizer a few megabytes at a time (a mapped tensor's pages
     /// are given back as it goes, a computed one is never held whole), so memory is the 4-bit

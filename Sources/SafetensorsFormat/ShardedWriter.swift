@@ -31,7 +31,7 @@ public enum ShardedWriter {
     public static func shardName(_ index: Int, of count: Int) -> String {
         func five(_ n: Int) -> String {
             let s = String(n)
-            return String(repeating: "0", count: max(0, 5 - s.count)) + s
+            return s.leftPadded(to: 5, with: "0")
         }
         return "model-\(five(index + 1))-of-\(five(count)).safetensors"
     }

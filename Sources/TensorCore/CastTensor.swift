@@ -3,12 +3,15 @@
 public struct CastTensor: TensorPayload {
     public let source: Tensor
     public let dtype: DType
+    /// Threads for the conversion (element-wise: any count gives the same bytes).
+    public let threads: Int
 
     /// nil when `FloatConversion` cannot convert the source's type to `dtype`.
-    public init?(_ source: Tensor, to dtype: DType) {
+    public init?(_ source: Tensor, to dtype: DType, threads: Int = ParallelismSettings.threadCount) {
         guard FloatConversion.canConvert(from: source.dtype, to: dtype) else { return nil }
         self.source = source
         self.dtype = dtype
+        self.threads = threads
     }
 
     public var shape: Shape { source.shape }
@@ -33,7 +36,7 @@ public struct CastTensor: TensorPayload {
             let first = done
             done += count
             // Element-wise, so any split gives the same bytes.
-            parallelForChunks(count: count, chunk: 1 << 16) { range in
+            parallelForChunks(count: count, chunk: 1 << 16, threads: threads) { range in
                 FloatConversion.convert(
                     from.raw + range.lowerBound * sourceWidth, sourceType,
                     into: to.raw + range.lowerBound * targetWidth, targetType,

@@ -53,7 +53,7 @@ extension JSONStyle {
 
     private static func unicodeEscape(_ value: UInt32) -> String {
         let hex = String(value, radix: 16)
-        return "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+        return "\\u" + hex.leftPadded(to: 4, with: "0")
     }
 }
 

@@ -5,7 +5,7 @@ import Dispatch
 /// The split depends only on `count` and `chunk`, never on the number of threads, so a kernel
 /// whose chunks are independent gives the same result however many cores run it.
 public func parallelForChunks(
-    count: Int, chunk: Int, threads: Int = ParallelismSettings.threadCount,
+    count: Int, chunk: Int, threads: Int,
     _ body: @Sendable (Range<Int>) -> Void
 ) {
     guard count > 0 else { return }
@@ -27,7 +27,8 @@ public func parallelForChunks(
     }
 }
 
-/// How many threads kernels use; set once from the command line before any work starts.
+/// The process's default thread count for kernels: set once by the command line before any work
+/// starts, and read only where a stage is built. Kernels take their count as a parameter.
 public enum ParallelismSettings {
     nonisolated(unsafe) public static var threadCount: Int = defaultThreadCount
 

@@ -55,7 +55,7 @@ public enum TerminalText {
         for scalar in text.unicodeScalars {
             if escape(scalar) {
                 let hex = String(scalar.value, radix: 16)
-                out += scalar.value < 0x100 ? "\\x" + String(repeating: "0", count: 2 - hex.count) + hex : "\\u{\(hex)}"
+                out += scalar.value < 0x100 ? "\\x" + hex.leftPadded(to: 2, with: "0") : "\\u{\(hex)}"
             } else {
                 out.unicodeScalars.append(scalar)
             }

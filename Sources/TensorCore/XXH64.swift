@@ -118,8 +118,5 @@ extension UInt64 {
     @inline(__always) func rotatedLeft(_ count: UInt64) -> UInt64 { (self << count) | (self >> (64 - count)) }
 
     /// 16 lowercase hex digits.
-    public var hexDigits: String {
-        let text = String(self, radix: 16)
-        return String(repeating: "0", count: 16 - text.count) + text
-    }
+    public var hexDigits: String { paddedHexDigits }
 }

@@ -83,13 +83,8 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     }
 
     /// The container's tensor through the checks the commands make, then dequantized.
-    static func dequantize(_ t: NF4QuantizedTensor) {
-        guard let type = QuantType(rawValue: t.quantType), t.shape.elementCount <= dataBudget else { return }
-        let absmax: QuantizedTensor.Absmax = t.nested.map {
-            .double(codes: t.absmax, nestedAbsmax: $0.absmax, offset: $0.offset, nestedBlocksize: $0.blocksize)
-        } ?? .plain(t.absmax)
-        let q = QuantizedTensor(quantType: type, blocksize: t.blocksize, shape: t.shape, originalDType: t.dtype, packed: t.codes, absmax: absmax)
-        guard (try? q.checkScales(name: "fuzz")) != nil else { return }
+    static func dequantize(_ q: QuantizedTensor) {
+        guard q.shape.elementCount <= dataBudget, (try? q.checkScales(name: "fuzz")) != nil else { return }
         _ = try? q.dequantizedPayload(to: .f32).materialized()
     }
 

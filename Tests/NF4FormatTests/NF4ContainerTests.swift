@@ -37,10 +37,9 @@ struct NF4ContainerTests {
         let codes = Tensor(dtype: .u8, shape: [2048], values: (0..<2048).map { UInt8($0 % 251) })
         let absmax = Tensor(dtype: .u8, shape: [64], values: (0..<64).map { UInt8($0) })
         let nested = Tensor(dtype: .f32, shape: [1], values: [Float(0.5)])
-        try writer.addQuantized(name: "layer.weight", NF4QuantizedTensor(
-            quantType: "nf4", blocksize: 64, dtype: .bf16, shape: [64, 64], codes: codes, absmax: absmax,
-            nested: (nested, 0.25, 256), quantMap: Tensor(dtype: .f32, shape: [16], values: [Float](repeating: 0, count: 16)),
-            nestedQuantMap: Tensor(dtype: .f32, shape: [256], values: [Float](repeating: 1, count: 256))))
+        try writer.addQuantized(name: "layer.weight", QuantizedTensor(
+            quantType: .nf4, blocksize: 64, shape: [64, 64], originalDType: .bf16, packed: codes,
+            absmax: .double(codes: absmax, nestedAbsmax: nested, offset: 0.25, nestedBlocksize: 256)))
         try writer.addPlain(name: "norm.weight", Tensor(dtype: .bf16, shape: [3], values: [UInt16(1), 2, 3]))
         try writer.addPlain(name: "zeros", Tensor(dtype: .f32, shape: [1000], values: [Float](repeating: 0, count: 1000)))
         try writer.addFile(name: "config.json", bytes: Array("{\"a\": 1}\n".utf8))
@@ -55,8 +54,9 @@ struct NF4ContainerTests {
         #expect(file.entries.map(\.name) == ["layer.weight", "norm.weight", "zeros"])
         try file.verifyAll()
         guard case .quantized(let q) = try file.load(file.entries[0]) else { Issue.record("not quantized"); return }
-        #expect(q.codes.values(as: UInt8.self) == (0..<2048).map { UInt8($0 % 251) })
-        #expect(q.nested?.offset == 0.25 && q.dtype == .bf16 && q.shape == [64, 64])
+        #expect(q.packed.values(as: UInt8.self) == (0..<2048).map { UInt8($0 % 251) })
+        guard case .double(_, _, let offset, _) = q.absmax else { Issue.record("not double-quantized"); return }
+        #expect(offset == 0.25 && q.originalDType == .bf16 && q.shape == [64, 64])
         guard case .plain(let zeros) = try file.load(file.entries[2]) else { Issue.record("not plain"); return }
         #expect(zeros.values(as: Float.self) == [Float](repeating: 0, count: 1000))
         #expect(try file.fileBytes("config.json") == Array("{\"a\": 1}\n".utf8))

@@ -52,12 +52,8 @@ struct SelectionAndLayoutTests {
             return (phase - phase.rounded(.down) - 0.5) * Float(i % 97)
         }
         let tensor = Tensor(dtype: .f32, shape: [100_003], values: values)
-        let saved = ParallelismSettings.threadCount
-        defer { ParallelismSettings.threadCount = saved }
-        ParallelismSettings.threadCount = 1
-        let one = try QuantizedTensor.quantize(tensor, type: .nf4, blocksize: 64, doubleQuantization: true)
-        ParallelismSettings.threadCount = 5
-        let five = try QuantizedTensor.quantize(tensor, type: .nf4, blocksize: 64, doubleQuantization: true)
+        let one = try QuantizedTensor.quantize(tensor, type: .nf4, blocksize: 64, doubleQuantization: true, threads: 1)
+        let five = try QuantizedTensor.quantize(tensor, type: .nf4, blocksize: 64, doubleQuantization: true, threads: 5)
         #expect(one.packed.isIdentical(to: five.packed))
         #expect(one.blockScales() == five.blockScales())
         #expect(one.dequantized(to: .f32).isIdentical(to: five.dequantized(to: .f32)))

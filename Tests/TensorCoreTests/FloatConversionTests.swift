@@ -43,11 +43,8 @@ struct FloatConversionTests {
     @Test func chunkingAndThreadsDoNotChangeTheResult() throws {
         let source = try #require(Self.goldens["f32"])
         func run(chunk: Int, threads: Int) throws -> [UInt8] {
-            let saved = ParallelismSettings.threadCount
-            ParallelismSettings.threadCount = threads
-            defer { ParallelismSettings.threadCount = saved }
             var out: [UInt8] = []
-            try CastTensor(source, to: .bf16)!.stream(chunkBytes: chunk) { out.append(contentsOf: $0) }
+            try CastTensor(source, to: .bf16, threads: threads)!.stream(chunkBytes: chunk) { out.append(contentsOf: $0) }
             return out
         }
         let reference = try run(chunk: 1 << 20, threads: 1)

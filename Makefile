@@ -12,7 +12,7 @@ FUZZ_TIME    ?= 60
 FUZZ_TARGETS := json safetensors nf4 bnb adapter hdf5
 FUZZ_BIN     := .build-fuzz/debug/qtool-fuzz
 
-.PHONY: all setup build test demo bench interop fixtures venv manifest clean fuzz fuzz-build fuzz-ci
+.PHONY: all setup build test demo bench interop fixtures venv manifest clean fuzz fuzz-build fuzz-ci lint
 
 all: build
 
@@ -32,6 +32,10 @@ build: setup
 ## test: every test, against the committed fixtures (no Python needed)
 test: setup
 	$(SWIFT) test
+
+## lint: the code as .swift-format lays it out (`swift format -i -r Sources Tests Package.swift` fixes it)
+lint:
+	$(SWIFT) format lint --strict -r Sources Tests Package.swift
 
 ## demo: the main job on the bundled model
 demo: build

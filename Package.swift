@@ -11,7 +11,8 @@ import PackageDescription
 
 let package = Package(
     name: "qtool",
-    platforms: [.macOS(.v15)],
+    // Builds on Linux only (Glibc, /proc, renameat2, flock, PR_SET_PDEATHSIG); no Apple platform
+    // is claimed.
     products: [
         .executable(name: "qtool", targets: ["qtool"])
     ],

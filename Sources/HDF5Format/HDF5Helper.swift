@@ -89,7 +89,8 @@ public final class HDF5HelperProcess: @unchecked Sendable {
         close(pair[1])
         guard status == 0 else {
             close(pair[0])
-            throw .helperFailed(path: path, object: "/", reason: "cannot start qtool's HDF5 helper \(executable): \(systemErrorText(status))")
+            throw .helperFailed(
+                path: path, object: "/", reason: "cannot start qtool's HDF5 helper \(executable): \(systemErrorText(status))")
         }
         pid = child
         socket = pair[0]
@@ -197,8 +198,11 @@ public final class HDF5HelperProcess: @unchecked Sendable {
             }
             let signal = status & 0x7F
             guard signal != 0 else { return "qtool's HDF5 helper stopped (status \((status >> 8) & 0xFF)): the file is damaged" }
-            let names: [Int32: String] = [SIGSEGV: "SIGSEGV", SIGABRT: "SIGABRT", SIGBUS: "SIGBUS", SIGILL: "SIGILL", SIGTRAP: "SIGTRAP", SIGKILL: "SIGKILL"]
-            return "libhdf5 crashed (\(names[signal] ?? "signal \(signal)")) or passed its \(Self.addressSpaceLimit >> 30) GiB memory limit: "
+            let names: [Int32: String] = [
+                SIGSEGV: "SIGSEGV", SIGABRT: "SIGABRT", SIGBUS: "SIGBUS", SIGILL: "SIGILL", SIGTRAP: "SIGTRAP", SIGKILL: "SIGKILL",
+            ]
+            return
+                "libhdf5 crashed (\(names[signal] ?? "signal \(signal)")) or passed its \(Self.addressSpaceLimit >> 30) GiB memory limit: "
                 + "the file is damaged or declares more than it holds"
         }
     }
@@ -258,7 +262,8 @@ public final class HDF5HelperProcess: @unchecked Sendable {
             var header = [UInt8](repeating: 0, count: 9)
             guard readAll(fd, &header) else { return 0 }
             let length = header.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(fromByteOffset: 1, as: UInt64.self)) }
-            guard let kind = Kind(rawValue: header[0]), length >= 4, length <= UInt64(maximumReply) + UInt64(HDF5Limits.slabBytes) * 2 else {
+            guard let kind = Kind(rawValue: header[0]), length >= 4, length <= UInt64(maximumReply) + UInt64(HDF5Limits.slabBytes) * 2
+            else {
                 return 1
             }
             var body = [UInt8](repeating: 0, count: Int(length))

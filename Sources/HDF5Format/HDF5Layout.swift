@@ -50,19 +50,25 @@ public struct HDF5Layout: Sendable, Equatable {
     public var json: JSONValue {
         .object([
             JSONMember(key: "version", value: .integer(1)),
-            JSONMember(key: "groups", value: .array(groups.map { group in
-                .object([
-                    JSONMember(key: "path", value: .string(group.path)),
-                    JSONMember(key: "attrs", value: .array(group.attributes.map(Self.json))),
-                ])
-            })),
-            JSONMember(key: "datasets", value: .array(datasets.map { entry in
-                .object([
-                    JSONMember(key: "tensor", value: .string(entry.tensor)),
-                    JSONMember(key: "path", value: .string(entry.path)),
-                    JSONMember(key: "attrs", value: .array(entry.attributes.map(Self.json))),
-                ])
-            })),
+            JSONMember(
+                key: "groups",
+                value: .array(
+                    groups.map { group in
+                        .object([
+                            JSONMember(key: "path", value: .string(group.path)),
+                            JSONMember(key: "attrs", value: .array(group.attributes.map(Self.json))),
+                        ])
+                    })),
+            JSONMember(
+                key: "datasets",
+                value: .array(
+                    datasets.map { entry in
+                        .object([
+                            JSONMember(key: "tensor", value: .string(entry.tensor)),
+                            JSONMember(key: "path", value: .string(entry.path)),
+                            JSONMember(key: "attrs", value: .array(entry.attributes.map(Self.json))),
+                        ])
+                    })),
         ])
     }
 
@@ -74,7 +80,8 @@ public struct HDF5Layout: Sendable, Equatable {
         switch attribute.values {
         case .numbers(let dtype, let texts):
             members.append(JSONMember(key: "type", value: .string(dtype.rawValue)))
-            members.append(JSONMember(key: "values", value: .array(texts.map { Double($0)?.isFinite == false ? .string($0) : .number($0) })))
+            members.append(
+                JSONMember(key: "values", value: .array(texts.map { Double($0)?.isFinite == false ? .string($0) : .number($0) })))
         case .strings(let strings, let fixedSize, let utf8):
             members.append(JSONMember(key: "type", value: .string(fixedSize.map { "S\($0)" } ?? "str")))
             members.append(JSONMember(key: "utf8", value: .bool(utf8)))
@@ -116,7 +123,9 @@ public struct HDF5Layout: Sendable, Equatable {
                 guard strings.count == values.count else { throw fail("attribute '\(name)': values must be strings") }
                 let fixed = type == "str" ? nil : Int(type.dropFirst())
                 guard type == "str" || (fixed ?? 0) > 0 else { throw fail("attribute '\(name)': bad string size") }
-                out.append(HDF5Attribute(name: name, shape: shape, values: .strings(strings, fixedSize: fixed, utf8: item["utf8"]?.boolValue ?? true)))
+                out.append(
+                    HDF5Attribute(
+                        name: name, shape: shape, values: .strings(strings, fixedSize: fixed, utf8: item["utf8"]?.boolValue ?? true)))
             } else {
                 guard let dtype = DType(rawValue: type), HDF5ElementType.writable.contains(dtype) else {
                     throw fail("attribute '\(name)': unknown type \(type)")
@@ -179,14 +188,18 @@ enum HDF5Attributes {
             let elementSize = H5Tget_size(type.id)
             guard let count = CheckedSize.product(shape), let bytes = CheckedSize.multiply(count, max(elementSize, 1)),
                 bytes <= HDF5Limits.maximumAttributeBytes
-            else { throw fail("declares shape \(shape) of \(elementSize)-byte values, over the limit of \(HDF5Limits.maximumAttributeBytes) bytes") }
+            else {
+                throw fail(
+                    "declares shape \(shape) of \(elementSize)-byte values, over the limit of \(HDF5Limits.maximumAttributeBytes) bytes")
+            }
             switch HDF5ElementType.of(type.id) {
             case .numeric(let dtype):
                 let memory = HDF5ElementType.memoryType(for: type.id, dtype: dtype)
                 let width = dtype.bitSize / 8
                 var values = [UInt8](repeating: 0, count: max(1, count * width))
                 guard H5Aread(attribute.id, memory.id, &values) >= 0 else { throw fail(HDF5.lastError()) }
-                out.append(HDF5Attribute(name: name, shape: shape, values: .numbers(dtype, numberTexts(values, dtype: dtype, count: count))))
+                out.append(
+                    HDF5Attribute(name: name, shape: shape, values: .numbers(dtype, numberTexts(values, dtype: dtype, count: count))))
             case .string:
                 let utf8 = H5Tget_cset(type.id) == H5T_CSET_UTF8
                 if H5Tis_variable_str(type.id) > 0 {
@@ -210,7 +223,8 @@ enum HDF5Attributes {
                     out.append(HDF5Attribute(name: name, shape: shape, values: .strings(strings, fixedSize: elementSize, utf8: utf8)))
                 }
             case .other(let what):
-                skipped.append(HDF5Skipped(kind: .attribute, path: objectPath, name: name, reason: "holds \(what), which qtool does not carry"))
+                skipped.append(
+                    HDF5Skipped(kind: .attribute, path: objectPath, name: name, reason: "holds \(what), which qtool does not carry"))
             }
         }
         return out
@@ -225,7 +239,9 @@ enum HDF5Attributes {
                 case .f32: return "\(raw.loadUnaligned(fromByteOffset: at, as: Float.self))"
                 case .f16, .bf16:
                     var value: Float = 0
-                    withUnsafeMutablePointer(to: &value) { FloatConversion.decodeToFloat32(raw.baseAddress! + at, dtype, from: 0, count: 1, into: $0) }
+                    withUnsafeMutablePointer(to: &value) {
+                        FloatConversion.decodeToFloat32(raw.baseAddress! + at, dtype, from: 0, count: 1, into: $0)
+                    }
                     return "\(value)"
                 case .i8: return "\(raw.loadUnaligned(fromByteOffset: at, as: Int8.self))"
                 case .i16: return "\(raw.loadUnaligned(fromByteOffset: at, as: Int16.self))"
@@ -301,7 +317,9 @@ enum HDF5Attributes {
             case .f16, .bf16:
                 var value = Float(text) ?? Float(number)
                 var bits: UInt16 = 0
-                withUnsafeMutableBytes(of: &bits) { FloatConversion.encodeFromFloat32(&value, count: 1, into: $0.baseAddress!, dtype, at: 0) }
+                withUnsafeMutableBytes(of: &bits) {
+                    FloatConversion.encodeFromFloat32(&value, count: 1, into: $0.baseAddress!, dtype, at: 0)
+                }
                 append(bits)
             case .i8: append(Int8(text) ?? 0)
             case .i16: append(Int16(text) ?? 0)

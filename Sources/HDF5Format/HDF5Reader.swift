@@ -95,7 +95,8 @@ public final class HDF5Reader: @unchecked Sendable {
                 throw .cannotRead(path: path, object: info.path, reason: "gives the same tensor name '\(info.name)' as '\(other)'")
             }
             pathOf[info.name] = info.path
-            datasets.append(HDF5Dataset(name: info.name, path: info.path, dtype: dtype, shape: Shape(info.shape), index: index, fileRange: range))
+            datasets.append(
+                HDF5Dataset(name: info.name, path: info.path, dtype: dtype, shape: Shape(info.shape), index: index, fileRange: range))
         }
         let layout: HDF5Layout
         do {
@@ -130,4 +131,3 @@ public final class HDF5Reader: @unchecked Sendable {
         return Tensor(dtype: dataset.dtype, shape: dataset.shape, storage: .owned(bytes))
     }
 }
-

@@ -50,9 +50,10 @@ enum HDF5Slabs {
             var position = 0
             while position < shape[k] {
                 let length = min(perSlab, shape[k] - position)
-                slabs.append(HDF5Slab(
-                    start: outer + [position] + [Int](repeating: 0, count: rank - k - 1),
-                    count: [Int](repeating: 1, count: k) + [length] + Array(shape[(k + 1)...])))
+                slabs.append(
+                    HDF5Slab(
+                        start: outer + [position] + [Int](repeating: 0, count: rank - k - 1),
+                        count: [Int](repeating: 1, count: k) + [length] + Array(shape[(k + 1)...])))
                 position += length
             }
             // The next index of the dimensions before k, odometer style.
@@ -141,13 +142,16 @@ final class HDF5Session {
             let layout = HDF5Layout(groups: walker.groups, datasets: walker.datasetLayouts)
             let layoutText = layout.json.compactSerialized()
             guard layoutText.utf8.count <= HDF5Limits.maximumLayoutBytes else {
-                throw .cannotRead(path: path, object: "/", reason: "its groups and attributes take more than \(HDF5Limits.maximumLayoutBytes) bytes")
+                throw .cannotRead(
+                    path: path, object: "/", reason: "its groups and attributes take more than \(HDF5Limits.maximumLayoutBytes) bytes")
             }
             let groupPaths = Set(walker.groups.map(\.path))
             let kind: HDF5Kind
             if groupPaths.contains("/layers") && groupPaths.contains("/vars") {
                 kind = .keras3
-            } else if groupPaths.contains("/model_weights") || walker.groups.first?.attributes.contains(where: { $0.name == "layer_names" }) == true {
+            } else if groupPaths.contains("/model_weights")
+                || walker.groups.first?.attributes.contains(where: { $0.name == "layer_names" }) == true
+            {
                 kind = .kerasLegacy
             } else {
                 kind = .generic
@@ -170,7 +174,8 @@ final class HDF5Session {
         guard let dtype = DType(rawValue: info.dtype), slab.start.count == info.shape.count, slab.count.count == info.shape.count,
             buffer.count == slab.elementCount * dtype.bitSize / 8
         else { throw .cannotRead(path: path, object: info.path, reason: "a malformed slab request") }
-        try transfer(file, info.path, slab, failure: { .cannotRead(path: path, object: info.path, reason: $0) }) { dataset, memorySpace, fileSpace in
+        try transfer(file, info.path, slab, failure: { .cannotRead(path: path, object: info.path, reason: $0) }) {
+            dataset, memorySpace, fileSpace in
             let stored = HDF5Handle(H5Dget_type(dataset), .datatype)
             let memoryType = HDF5ElementType.memoryType(for: stored.id, dtype: dtype)
             return H5Dread(dataset, memoryType.id, memorySpace, fileSpace, HDF5.defaultProperties, buffer.baseAddress)
@@ -261,13 +266,16 @@ final class HDF5Session {
 
     /// Writes one slab of dataset `index` from `bytes` (exactly its bytes).
     func write(dataset index: Int, slab: HDF5Slab, bytes: UnsafeRawBufferPointer) throws(HDF5Error) {
-        guard let file, created.indices.contains(index) else { throw .cannotWrite(path: reportedPath, object: "?", reason: "no such dataset") }
+        guard let file, created.indices.contains(index) else {
+            throw .cannotWrite(path: reportedPath, object: "?", reason: "no such dataset")
+        }
         let spec = created[index]
         guard let dtype = DType(rawValue: spec.dtype), let type = HDF5ElementType.fileType(for: dtype),
             slab.start.count == spec.shape.count, slab.count.count == spec.shape.count,
             bytes.count == slab.elementCount * dtype.bitSize / 8
         else { throw .cannotWrite(path: reportedPath, object: spec.path, reason: "a malformed slab") }
-        try transfer(file, spec.path, slab, failure: { .cannotWrite(path: reportedPath, object: spec.path, reason: $0) }) { dataset, memorySpace, fileSpace in
+        try transfer(file, spec.path, slab, failure: { .cannotWrite(path: reportedPath, object: spec.path, reason: $0) }) {
+            dataset, memorySpace, fileSpace in
             H5Dwrite(dataset, type.id, memorySpace, fileSpace, HDF5.defaultProperties, bytes.baseAddress)
         }
     }
@@ -276,7 +284,9 @@ final class HDF5Session {
     func finish() throws(HDF5Error) {
         guard let file else { return }
         try HDF5.locked { () throws(HDF5Error) in
-            guard H5Fflush(file.id, H5F_SCOPE_GLOBAL) >= 0 else { throw .cannotWrite(path: reportedPath, object: "/", reason: HDF5.lastError()) }
+            guard H5Fflush(file.id, H5F_SCOPE_GLOBAL) >= 0 else {
+                throw .cannotWrite(path: reportedPath, object: "/", reason: HDF5.lastError())
+            }
         }
         linkProperties = nil
         self.file = nil
@@ -331,7 +341,9 @@ struct TreeWalker {
         }
         if let address = address(group) { visited[address] = groupPath }
         var warnings: [HDF5Skipped] = []
-        groups.append(HDF5Layout.Group(path: groupPath, attributes: try HDF5Attributes.read(group, objectPath: groupPath, file: path, skipped: &warnings)))
+        groups.append(
+            HDF5Layout.Group(
+                path: groupPath, attributes: try HDF5Attributes.read(group, objectPath: groupPath, file: path, skipped: &warnings)))
         skipped += warnings
         var info = H5G_info_t()
         guard H5Gget_info(group, &info) >= 0 else { throw .cannotRead(path: path, object: groupPath, reason: HDF5.lastError()) }

@@ -132,7 +132,8 @@ public final class HDF5Writer {
             var offset = 0
             while offset < piece.count {
                 guard current < slabs.count else {
-                    throw HDF5Error.cannotWrite(path: path, object: target.path, reason: "the tensor streamed more bytes than its shape holds")
+                    throw HDF5Error.cannotWrite(
+                        path: path, object: target.path, reason: "the tensor streamed more bytes than its shape holds")
                 }
                 let n = min(slabs[current].elementCount * width - filled, piece.count - offset)
                 (buffer.buffer.baseAddress! + filled).copyMemory(from: piece.baseAddress! + offset, byteCount: n)
@@ -166,7 +167,9 @@ public final class HDF5Writer {
     }
 
     /// Writes `tensors` in one go.
-    public static func write(_ tensors: [(name: String, tensor: Tensor)], layout: HDF5Layout?, to path: String, containment: HDF5Containment) throws {
+    public static func write(
+        _ tensors: [(name: String, tensor: Tensor)], layout: HDF5Layout?, to path: String, containment: HDF5Containment
+    ) throws {
         let writer = try HDF5Writer(path: path, tensorNames: tensors.map(\.name), layout: layout, containment: containment)
         do {
             for (name, tensor) in tensors {

@@ -157,7 +157,8 @@ public struct LoRAAdapter: Sendable {
             }
             rankPattern = try Self.patterns(config["rank_pattern"], key: "rank_pattern", path: path).map { entry throws(LoRAError) in
                 guard entry.value == entry.value.rounded(), entry.value >= 1, entry.value <= Double(LoRAAdapter.maximumRank) else {
-                    throw .invalidConfig(path: path, problem: "rank_pattern '\(entry.key)' must be a positive integer up to \(LoRAAdapter.maximumRank)")
+                    throw .invalidConfig(
+                        path: path, problem: "rank_pattern '\(entry.key)' must be a positive integer up to \(LoRAAdapter.maximumRank)")
                 }
                 return (entry.key, entry.pattern, Int(entry.value))
             }
@@ -228,7 +229,8 @@ public struct LoRAAdapter: Sendable {
                 if parts[module] == nil { order.append(module) }
                 parts[module, default: [:]][match.part] = (key, tensor)
             } else if name.contains("lora_") {
-                throw .invalidTensor(path: path, tensor: key, problem: "not a LoRA weight qtool knows (LoRA with a named adapter or another PEFT method?)")
+                throw .invalidTensor(
+                    path: path, tensor: key, problem: "not a LoRA weight qtool knows (LoRA with a named adapter or another PEFT method?)")
             } else {
                 // A whole tensor (modules_to_save, a trained bias, a saved embedding): it replaces
                 // the base's. PEFT saves a wrapped layer's weight under `base_layer`.
@@ -246,15 +248,19 @@ public struct LoRAAdapter: Sendable {
                 throw .invalidTensor(path: path, tensor: keyA, problem: "has no matching lora_B")
             }
             guard a.shape.rank == 2, b.shape.rank == 2 else {
-                throw .unsupported(path: path, problem: "module '\(module)': LoRA on convolution layers is not supported (factors of rank \(a.shape.rank))")
+                throw .unsupported(
+                    path: path, problem: "module '\(module)': LoRA on convolution layers is not supported (factors of rank \(a.shape.rank))"
+                )
             }
-            try Self.checkFactorTypes([(keyA, a), (keyB, b)] + (found[.magnitude].map { [$0] } ?? []) + (found[.biasB].map { [$0] } ?? []), path: path)
+            try Self.checkFactorTypes(
+                [(keyA, a), (keyB, b)] + (found[.magnitude].map { [$0] } ?? []) + (found[.biasB].map { [$0] } ?? []), path: path)
             let rank = a.shape.dimensions[0]
             guard b.shape.dimensions[1] == rank else {
                 throw .invalidTensor(path: path, tensor: keyB, problem: "shape \(b.shape) does not pair with lora_A \(a.shape)")
             }
             guard rank == settings.rank(of: module) else {
-                throw .invalidTensor(path: path, tensor: keyA, problem: "rank \(rank), but adapter_config.json gives r = \(settings.rank(of: module))")
+                throw .invalidTensor(
+                    path: path, tensor: keyA, problem: "rank \(rank), but adapter_config.json gives r = \(settings.rank(of: module))")
             }
             let magnitude = found[.magnitude]?.tensor
             if isEmbedding && magnitude != nil {
@@ -268,19 +274,23 @@ public struct LoRAAdapter: Sendable {
             }
             let out = b.shape.dimensions[0]
             if let magnitude, magnitude.shape != Shape([out]) {
-                throw .invalidTensor(path: path, tensor: module + ".lora_magnitude_vector", problem: "shape \(magnitude.shape), expected [\(out)]")
+                throw .invalidTensor(
+                    path: path, tensor: module + ".lora_magnitude_vector", problem: "shape \(magnitude.shape), expected [\(out)]")
             }
             let biasB = found[.biasB]?.tensor
             if let biasB, biasB.shape != Shape([out]) {
                 throw .invalidTensor(path: path, tensor: module + ".lora_B.bias", problem: "shape \(biasB.shape), expected [\(out)]")
             }
             guard let scale = settings.scale(of: module) else {
-                throw .invalidConfig(path: path, problem: "module '\(module)': lora_alpha / r = \(settings.alpha(of: module)) / \(rank) is not a finite float32 scale")
+                throw .invalidConfig(
+                    path: path,
+                    problem: "module '\(module)': lora_alpha / r = \(settings.alpha(of: module)) / \(rank) is not a finite float32 scale")
             }
-            modules.append(LoRAModule(
-                name: module, orientation: isEmbedding || settings.fanInFanOut ? .inputsByOutputs : .outputsByInputs,
-                a: a, b: b, factorsTransposed: false, rank: rank, inFeatures: a.shape.dimensions[1], outFeatures: out,
-                scale: scale, magnitude: magnitude, biasB: biasB, isEmbedding: isEmbedding))
+            modules.append(
+                LoRAModule(
+                    name: module, orientation: isEmbedding || settings.fanInFanOut ? .inputsByOutputs : .outputsByInputs,
+                    a: a, b: b, factorsTransposed: false, rank: rank, inFeatures: a.shape.dimensions[1], outFeatures: out,
+                    scale: scale, magnitude: magnitude, biasB: biasB, isEmbedding: isEmbedding))
         }
         return (modules, replacements)
     }
@@ -332,9 +342,11 @@ public struct LoRAAdapter: Sendable {
                 throw .invalidTensor(path: path, tensor: key, problem: "has no matching lora_b")
             }
             let a = tensor
-            try Self.checkFactorTypes([(key, a), (module + ".lora_b", b)] + (tensors[module + ".m"].map { [(module + ".m", $0)] } ?? []), path: path)
+            try Self.checkFactorTypes(
+                [(key, a), (module + ".lora_b", b)] + (tensors[module + ".m"].map { [(module + ".m", $0)] } ?? []), path: path)
             guard a.shape.rank == 2, b.shape.rank == 2, a.shape.dimensions[1] == b.shape.dimensions[0] else {
-                throw .invalidTensor(path: path, tensor: module + ".lora_b", problem: "shape \(b.shape) does not pair with lora_a \(a.shape)")
+                throw .invalidTensor(
+                    path: path, tensor: module + ".lora_b", problem: "shape \(b.shape) does not pair with lora_a \(a.shape)")
             }
             let magnitude = tensors[module + ".m"]
             guard magnitude == nil || settings.doRA else {
@@ -347,10 +359,11 @@ public struct LoRAAdapter: Sendable {
             if let magnitude, magnitude.shape != Shape([out]) {
                 throw .invalidTensor(path: path, tensor: module + ".m", problem: "shape \(magnitude.shape), expected [\(out)]")
             }
-            modules.append(LoRAModule(
-                name: module, orientation: .outputsByInputs, a: a, b: b, factorsTransposed: true, rank: a.shape.dimensions[1],
-                inFeatures: a.shape.dimensions[0], outFeatures: out, scale: settings.scale, magnitude: magnitude, biasB: nil,
-                isEmbedding: false))
+            modules.append(
+                LoRAModule(
+                    name: module, orientation: .outputsByInputs, a: a, b: b, factorsTransposed: true, rank: a.shape.dimensions[1],
+                    inFeatures: a.shape.dimensions[0], outFeatures: out, scale: settings.scale, magnitude: magnitude, biasB: nil,
+                    isEmbedding: false))
         }
         return (modules, replacements)
     }
@@ -358,7 +371,9 @@ public struct LoRAAdapter: Sendable {
     /// LoRA factors, magnitudes and biases are real numbers qtool can widen to float32.
     static func checkFactorTypes(_ tensors: [(key: String, tensor: Tensor)], path: String) throws(LoRAError) {
         for (key, tensor) in tensors where !FloatConversion.decodable.contains(tensor.dtype) {
-            throw .invalidTensor(path: path, tensor: key, problem: "is \(tensor.dtype.rawValue); LoRA factors must be floating point (F64, F32, F16, BF16 or F8)")
+            throw .invalidTensor(
+                path: path, tensor: key,
+                problem: "is \(tensor.dtype.rawValue); LoRA factors must be floating point (F64, F32, F16, BF16 or F8)")
         }
     }
 

@@ -44,7 +44,8 @@ public struct MergePlan: Sendable {
                     throw .moduleMissing(path: adapter.path, module: name)
                 }
                 guard shapes[target] == tensor.shape else {
-                    throw .shapeMismatch(path: adapter.path, module: name, problem: "stores \(tensor.shape), the base has \(shapes[target]!)")
+                    throw .shapeMismatch(
+                        path: adapter.path, module: name, problem: "stores \(tensor.shape), the base has \(shapes[target]!)")
                 }
                 // A whole tensor overwrites what earlier adapters added to it, as loading it does.
                 changes[target] = TensorMerge(replacement: (index, tensor), adapterPath: adapter.path)
@@ -65,18 +66,24 @@ public struct MergePlan: Sendable {
                 guard let dtype = dtypes[target], FloatConversion.decodable.contains(dtype) else {
                     throw .shapeMismatch(
                         path: adapter.path, module: module.name,
-                        problem: "the base's '\(target)' is \(dtypes[target]!.rawValue), not a float type qtool can merge into (F64, F32, F16, BF16, F8)")
+                        problem:
+                            "the base's '\(target)' is \(dtypes[target]!.rawValue), not a float type qtool can merge into (F64, F32, F16, BF16, F8)"
+                    )
                 }
                 let term = MergeTerm(adapterIndex: index, module: module, weight: weight)
                 guard term.scale.isFinite else {
-                    throw .invalidConfig(path: adapter.path, problem: "module '\(module.name)': scale \(module.scale) times weight \(weight) overflows float32")
+                    throw .invalidConfig(
+                        path: adapter.path,
+                        problem: "module '\(module.name)': scale \(module.scale) times weight \(weight) overflows float32")
                 }
                 changes[target, default: TensorMerge()].terms.append(term)
                 changes[target]!.adapterPath = adapter.path
                 guard module.biasB != nil else { continue }
                 let biasName = String(target.dropLast(".weight".count)) + ".bias"
                 guard shapes[biasName] == Shape([module.outFeatures]) else {
-                    throw .shapeMismatch(path: adapter.path, module: module.name, problem: "it has lora_B.bias but the base has no bias [\(module.outFeatures)]")
+                    throw .shapeMismatch(
+                        path: adapter.path, module: module.name,
+                        problem: "it has lora_B.bias but the base has no bias [\(module.outFeatures)]")
                 }
                 guard let biasType = dtypes[biasName], FloatConversion.decodable.contains(biasType) else {
                     throw .shapeMismatch(path: adapter.path, module: module.name, problem: "the base's '\(biasName)' is not a float tensor")

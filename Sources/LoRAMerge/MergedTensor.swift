@@ -38,7 +38,9 @@ public struct MergedTensor: TensorPayload {
         guard convertible else {
             throw .cannotMerge(
                 path: merge.adapterPath, tensor: name,
-                problem: "the merged tensor cannot be written as \(dtype.rawValue) (from \(start.dtype.rawValue)); choose an output --dtype of f32, f16 or bf16")
+                problem:
+                    "the merged tensor cannot be written as \(dtype.rawValue) (from \(start.dtype.rawValue)); choose an output --dtype of f32, f16 or bf16"
+            )
         }
     }
 
@@ -111,7 +113,9 @@ public struct MergedTensor: TensorPayload {
     private func nonFiniteError() -> LoRAError {
         .cannotMerge(
             path: merge.adapterPath, tensor: name,
-            problem: "the merge gives values that are not finite in \(dtype.rawValue) (a scale or weight too large, or NaN/infinity in the base)")
+            problem:
+                "the merge gives values that are not finite in \(dtype.rawValue) (a scale or weight too large, or NaN/infinity in the base)"
+        )
     }
 
     /// Rows per block: about 4 MB of float32, fixed by the tensor's shape alone. OpenBLAS may
@@ -122,7 +126,9 @@ public struct MergedTensor: TensorPayload {
     }
 
     /// `values[rows] += scale · Δ[rows]`, Δ = `B·A` laid out as the base tensor is.
-    private func addDelta(_ term: MergeTerm, factors: (a: [Float], b: [Float]), rows: Range<Int>, columns: Int, into values: UnsafeMutablePointer<Float>) {
+    private func addDelta(
+        _ term: MergeTerm, factors: (a: [Float], b: [Float]), rows: Range<Int>, columns: Int, into values: UnsafeMutablePointer<Float>
+    ) {
         let module = term.module
         let r = module.rank
         factors.a.withUnsafeBufferPointer { a in

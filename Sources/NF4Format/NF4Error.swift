@@ -28,7 +28,8 @@ public enum NF4Error: FileError, Equatable {
         case .truncated(_, let detail): "truncated .nf4 file: \(detail)"
         case .notNF4: "not a .nf4 file (bad magic)"
         case .damagedStart: "a damaged .nf4 file: its trailer is intact but its first bytes are not the magic"
-        case .unsupportedVersion(_, let version, let flags): "unsupported .nf4 version \(version) (flags \(flags)); this qtool reads version 1"
+        case .unsupportedVersion(_, let version, let flags):
+            "unsupported .nf4 version \(version) (flags \(flags)); this qtool reads version 1"
         case .headerChecksumMismatch: "header checksum mismatch: the file is corrupt"
         case .invalidHeader(_, let detail): "invalid .nf4 header: \(detail)"
         case .invalidSection(_, let owner, let detail): "\(owner): invalid section: \(detail)"

@@ -44,9 +44,11 @@ public struct NF4File: Sendable {
             throw NF4Error.truncated(path: path, detail: "no trailer at the end of the file")
         }
         let (headerOffset, headerLength, headerChecksum) = trailer.withUnsafeBytes { t in
-            (UInt64(littleEndian: t.loadUnaligned(fromByteOffset: 0, as: UInt64.self)),
-             UInt64(littleEndian: t.loadUnaligned(fromByteOffset: 8, as: UInt64.self)),
-             UInt64(littleEndian: t.loadUnaligned(fromByteOffset: 16, as: UInt64.self)))
+            (
+                UInt64(littleEndian: t.loadUnaligned(fromByteOffset: 0, as: UInt64.self)),
+                UInt64(littleEndian: t.loadUnaligned(fromByteOffset: 8, as: UInt64.self)),
+                UInt64(littleEndian: t.loadUnaligned(fromByteOffset: 16, as: UInt64.self))
+            )
         }
         let dataEnd = size - NF4Container.trailerSize
         guard headerOffset >= UInt64(NF4Container.preludeSize), headerLength <= UInt64(dataEnd),
@@ -91,7 +93,8 @@ public struct NF4File: Sendable {
             let absmax: QuantizedTensor.Absmax
             if doubleQuant {
                 try checkTable("nested_quant_map", DynamicMap.values, "bitsandbytes' dynamic map")
-                absmax = .double(codes: try part("absmax", .u8), nestedAbsmax: try part("nested_absmax", .f32), offset: offset, nestedBlocksize: 256)
+                absmax = .double(
+                    codes: try part("absmax", .u8), nestedAbsmax: try part("nested_absmax", .f32), offset: offset, nestedBlocksize: 256)
             } else {
                 absmax = .plain(try part("absmax", .f32))
             }
@@ -137,7 +140,9 @@ struct HeaderParser {
 
     func fail(_ detail: String) -> NF4Error { .invalidHeader(path: path, detail: detail) }
 
-    func parse(_ header: JSONValue) throws -> (metadata: [(key: String, value: String)]?, entries: [NF4Entry], files: [(name: String, section: NF4Section)]) {
+    func parse(_ header: JSONValue) throws -> (
+        metadata: [(key: String, value: String)]?, entries: [NF4Entry], files: [(name: String, section: NF4Section)]
+    ) {
         guard header["format"]?.stringValue == "qtool-nf4" else { throw fail("\"format\" is not \"qtool-nf4\"") }
         guard header["version"]?.integerValue == 1 else { throw fail("\"version\" is not 1") }
         var metadata: [(key: String, value: String)]? = nil
@@ -172,7 +177,8 @@ struct HeaderParser {
         }
         // Sections tile nothing twice.
         let sorted = sections.sorted { $0.section.offset < $1.section.offset }
-        for (previous, next) in zip(sorted, sorted.dropFirst()) where previous.section.offset + previous.section.length > next.section.offset {
+        for (previous, next) in zip(sorted, sorted.dropFirst())
+        where previous.section.offset + previous.section.length > next.section.offset {
             throw NF4Error.invalidSection(path: path, owner: next.owner, detail: "overlaps the section of '\(previous.owner)'")
         }
         return (metadata, entries, files)
@@ -201,7 +207,9 @@ struct HeaderParser {
             guard let bytes = shape.checkedByteCount(of: dtype) else { throw fail("tensor '\(name)': shape \(shape) overflows") }
             return NF4Entry(name: name, dtype: dtype, shape: shape, kind: .plain(try section("data", size: bytes)))
         }
-        guard [.f32, .f16, .bf16, .f64].contains(dtype) else { throw fail("tensor '\(name)': a quantized tensor's dtype must be a float type") }
+        guard [.f32, .f16, .bf16, .f64].contains(dtype) else {
+            throw fail("tensor '\(name)': a quantized tensor's dtype must be a float type")
+        }
         guard let type = value["quant_type"]?.stringValue.flatMap(QuantType.init(rawValue:)) else {
             throw fail("tensor '\(name)': missing or unknown \"quant_type\"")
         }
@@ -229,7 +237,9 @@ struct HeaderParser {
         } else {
             map["absmax"] = try section("absmax", size: 4 * blocks)
         }
-        return NF4Entry(name: name, dtype: dtype, shape: shape, kind: .quantized(type: type, blocksize: blocksize, doubleQuant: doubleQuant, offset: offset, sections: map))
+        return NF4Entry(
+            name: name, dtype: dtype, shape: shape,
+            kind: .quantized(type: type, blocksize: blocksize, doubleQuant: doubleQuant, offset: offset, sections: map))
     }
 
     func parseSection(_ value: JSONValue?, owner: String) throws -> NF4Section {
@@ -243,15 +253,18 @@ struct HeaderParser {
         guard offset >= NF4Container.alignment, offset % NF4Container.alignment == 0, length >= 0, size >= 0,
             length <= dataEnd, offset <= dataEnd - length
         else {
-            throw NF4Error.invalidSection(path: path, owner: owner, detail: "offset \(offset) and length \(length) are misaligned or outside the data")
+            throw NF4Error.invalidSection(
+                path: path, owner: owner, detail: "offset \(offset) and length \(length) are misaligned or outside the data")
         }
         guard compression == "zstd" || length == size else {
-            throw NF4Error.invalidSection(path: path, owner: owner, detail: "length \(length) differs from size \(size) without compression")
+            throw NF4Error.invalidSection(
+                path: path, owner: owner, detail: "length \(length) differs from size \(size) without compression")
         }
         guard size / NF4Container.maximumCompressionRatio <= length else {
             throw NF4Error.invalidSection(
                 path: path, owner: owner,
-                detail: "declares \(size) bytes from \(length) compressed, more than \(NF4Container.maximumCompressionRatio) times its length")
+                detail:
+                    "declares \(size) bytes from \(length) compressed, more than \(NF4Container.maximumCompressionRatio) times its length")
         }
         return NF4Section(offset: offset, length: length, size: size, compressed: compression == "zstd", checksum: sum)
     }

@@ -35,7 +35,9 @@ public final class NF4Writer {
     public func addQuantized(name: String, _ tensor: QuantizedTensor) throws {
         try claim(name)
         let nested: (codes: Tensor, absmax: Tensor, offset: Float, blocksize: Int)? =
-            if case .double(let codes, let absmax, let offset, let blocksize) = tensor.absmax { (codes, absmax, offset, blocksize) } else { nil }
+            if case .double(let codes, let absmax, let offset, let blocksize) = tensor.absmax { (codes, absmax, offset, blocksize) } else {
+                nil
+            }
         var members: [JSONMember] = [
             JSONMember(key: "name", value: .string(name)),
             JSONMember(key: "quantized", value: .bool(true)),
@@ -57,7 +59,8 @@ public final class NF4Writer {
             members.append(JSONMember(key: "absmax", value: try writeSection(codes).json))
             members.append(JSONMember(key: "nested_absmax", value: try writeSection(nestedAbsmax).json))
         }
-        members.append(JSONMember(key: "quant_map", value: try writeSection(Tensor(dtype: .f32, shape: [16], values: tensor.quantType.code)).json))
+        members.append(
+            JSONMember(key: "quant_map", value: try writeSection(Tensor(dtype: .f32, shape: [16], values: tensor.quantType.code)).json))
         if nested != nil {
             let map = Tensor(dtype: .f32, shape: [256], values: DynamicMap.values)
             members.append(JSONMember(key: "nested_quant_map", value: try writeSection(map).json))
@@ -68,13 +71,14 @@ public final class NF4Writer {
     /// A tensor stored as it is; it streams to the file unless its section is to be compressed.
     public func addPlain(name: String, _ tensor: any TensorPayload) throws {
         try claim(name)
-        tensors.append(.object([
-            JSONMember(key: "name", value: .string(name)),
-            JSONMember(key: "quantized", value: .bool(false)),
-            JSONMember(key: "dtype", value: .string(tensor.dtype.rawValue)),
-            JSONMember(key: "shape", value: .array(tensor.shape.dimensions.map(JSONValue.integer))),
-            JSONMember(key: "data", value: try writeSection(tensor).json),
-        ]))
+        tensors.append(
+            .object([
+                JSONMember(key: "name", value: .string(name)),
+                JSONMember(key: "quantized", value: .bool(false)),
+                JSONMember(key: "dtype", value: .string(tensor.dtype.rawValue)),
+                JSONMember(key: "shape", value: .array(tensor.shape.dimensions.map(JSONValue.integer))),
+                JSONMember(key: "data", value: try writeSection(tensor).json),
+            ]))
     }
 
     /// A model file (config.json, tokenizer files) carried along.
@@ -107,7 +111,8 @@ public final class NF4Writer {
             hasher.update(piece)
             try output.write(piece)
         }
-        return NF4Section(offset: offset, length: payload.byteCount, size: payload.byteCount, compressed: false, checksum: hasher.finalize())
+        return NF4Section(
+            offset: offset, length: payload.byteCount, size: payload.byteCount, compressed: false, checksum: hasher.finalize())
     }
 
     /// Writes the header and trailer and moves the file into place.
@@ -116,7 +121,8 @@ public final class NF4Writer {
         let header: JSONValue = .object([
             JSONMember(key: "format", value: .string("qtool-nf4")),
             JSONMember(key: "version", value: .integer(Int(NF4Container.version))),
-            JSONMember(key: "metadata", value: metadata.map { .object($0.map { JSONMember(key: $0.key, value: .string($0.value)) }) } ?? .null),
+            JSONMember(
+                key: "metadata", value: metadata.map { .object($0.map { JSONMember(key: $0.key, value: .string($0.value)) }) } ?? .null),
             JSONMember(key: "tensors", value: .array(tensors)),
             JSONMember(key: "files", value: .array(files)),
         ])

@@ -82,7 +82,8 @@ struct Checkpoint {
                     .plain(tensor)
                 }
             }
-            return Checkpoint(format: .safetensors, path: path, entries: entries, metadata: tensors.metadata, companions: companions, shardGroups: groups)
+            return Checkpoint(
+                format: .safetensors, path: path, entries: entries, metadata: tensors.metadata, companions: companions, shardGroups: groups)
         }
         let imported: [(name: String, tensor: StoredTensor)]
         do {
@@ -93,16 +94,19 @@ struct Checkpoint {
         let entries = imported.map { name, value in
             switch value {
             case .plain(let tensor):
-                return CheckpointEntry(name: name, dtype: tensor.dtype, shape: tensor.shape, quantization: nil, storedBytes: tensor.byteCount) { value }
+                return CheckpointEntry(
+                    name: name, dtype: tensor.dtype, shape: tensor.shape, quantization: nil, storedBytes: tensor.byteCount
+                ) { value }
             case .quantized(let q):
-                return CheckpointEntry(name: name, dtype: q.originalDType, shape: q.shape, quantization: describe(q), storedBytes: q.storedBytes) { value }
+                return CheckpointEntry(
+                    name: name, dtype: q.originalDType, shape: q.shape, quantization: describe(q), storedBytes: q.storedBytes
+                ) { value }
             }
         }
         return Checkpoint(
             format: .bitsandbytes, path: path, entries: entries, metadata: tensors.metadata,
             companions: companions, shardGroups: nil)
     }
-
 
     /// An HDF5 file: its numeric datasets as tensors, read one at a time; its groups and
     /// attributes in the `hdf5_layout` metadata, so that writing HDF5 again gives the same tree.
@@ -112,7 +116,9 @@ struct Checkpoint {
             Report.warning(path, item.description + "; skipped")
         }
         let entries = reader.datasets.map { dataset in
-            CheckpointEntry(name: dataset.name, dtype: dataset.dtype, shape: dataset.shape, quantization: nil, storedBytes: dataset.byteCount) {
+            CheckpointEntry(
+                name: dataset.name, dtype: dataset.dtype, shape: dataset.shape, quantization: nil, storedBytes: dataset.byteCount
+            ) {
                 .plain(try reader.read(dataset))
             }
         }
@@ -138,7 +144,8 @@ struct Checkpoint {
                 stored = sections.filter { !$0.key.hasSuffix("quant_map") }.values.reduce(0) { $0 + $1.length }
                 description = "\(type), blocksize \(blocksize)" + (doubleQuant ? ", double quantization" : "")
             }
-            return CheckpointEntry(name: entry.name, dtype: entry.dtype, shape: entry.shape, quantization: description, storedBytes: stored) {
+            return CheckpointEntry(name: entry.name, dtype: entry.dtype, shape: entry.shape, quantization: description, storedBytes: stored)
+            {
                 let stored = try file.load(entry)
                 if case .quantized(let q) = stored {
                     do {
@@ -154,7 +161,6 @@ struct Checkpoint {
         return Checkpoint(format: .nf4, path: path, entries: entries, metadata: file.metadata, companions: companions, shardGroups: nil)
     }
 
-
     /// Files of a model folder that travel with its weights: config, tokenizer, generation and
     /// chat-template files; weight files and hidden files stay behind.
     static func folderCompanions(_ folder: String) throws -> [(name: String, read: @Sendable () throws -> [UInt8])] {
@@ -164,10 +170,13 @@ struct Checkpoint {
                 && !weightSuffixes.contains(where: { name.hasSuffix($0) })
                 && !FilePaths.isDirectory(folder + "/" + name)
         }.map { name in
-            (name: name, read: { @Sendable in
-                let file = try MappedFile(path: folder + "/" + name)
-                return file.withBytes(in: 0..<file.count) { Array($0) }
-            })
+            (
+                name: name,
+                read: { @Sendable in
+                    let file = try MappedFile(path: folder + "/" + name)
+                    return file.withBytes(in: 0..<file.count) { Array($0) }
+                }
+            )
         }
     }
 }
@@ -200,4 +209,3 @@ enum FileSignature {
         }
     }
 }
-

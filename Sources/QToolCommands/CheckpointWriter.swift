@@ -134,7 +134,9 @@ struct CheckpointWriter {
                         continue
                     }
                     if spill == nil { spill = try SpillFile(directory: FilePaths.directory(of: outputPath)) }
-                    pending.append(.spilled(name: part.name, dtype: part.tensor.dtype, shape: part.tensor.shape, range: try spill!.append(part.tensor)))
+                    pending.append(
+                        .spilled(name: part.name, dtype: part.tensor.dtype, shape: part.tensor.shape, range: try spill!.append(part.tensor))
+                    )
                 }
             }
         }
@@ -153,7 +155,9 @@ struct CheckpointWriter {
         let (items, firstQuantized) = try materialize(names: names, produce: produce, outputPath: path)
         let shards: [[SafeTensorsWriter.Item]]
         if let maxShardSize {
-            shards = ShardedWriter.planShards(byteCounts: items.map(\.payload.byteCount), maxShardSize: maxShardSize).map { $0.map { items[$0] } }
+            shards = ShardedWriter.planShards(byteCounts: items.map(\.payload.byteCount), maxShardSize: maxShardSize).map {
+                $0.map { items[$0] }
+            }
         } else if let groups = shardGroups, firstQuantized == nil {
             let byName = Dictionary(uniqueKeysWithValues: items.map { ($0.name, $0) })
             shards = groups.map { $0.tensors.compactMap { byName[$0] } }
@@ -167,9 +171,12 @@ struct CheckpointWriter {
                 var bytes = try companion.read()
                 if companion.name == "config.json" {
                     let quantization: ConfigFile.QuantizationEdit =
-                        firstQuantized.map { q in .set(BitsandbytesLayout.quantizationConfig(
-                            type: q.quantType, doubleQuantization: q.isDoubleQuantized,
-                            computeDType: ConfigFile.modelDType(bytes) ?? q.originalDType, skipModules: nil)) } ?? .remove
+                        firstQuantized.map { q in
+                            .set(
+                                BitsandbytesLayout.quantizationConfig(
+                                    type: q.quantType, doubleQuantization: q.isDoubleQuantized,
+                                    computeDType: ConfigFile.modelDType(bytes) ?? q.originalDType, skipModules: nil))
+                        } ?? .remove
                     bytes = ConfigFile.edited(bytes, quantization: quantization, dtype: castDType)
                 }
                 let file = try transaction.file(named: companion.name)
@@ -205,7 +212,8 @@ enum ConfigFile {
             members.append(JSONMember(key: "quantization_config", value: value))
         }
         if let dtype {
-            for index in members.indices where ["dtype", "torch_dtype"].contains(members[index].key) && members[index].value.stringValue != nil {
+            for index in members.indices
+            where ["dtype", "torch_dtype"].contains(members[index].key) && members[index].value.stringValue != nil {
                 members[index].value = .string(dtype.torchName)
             }
         }

@@ -92,7 +92,9 @@ struct ConvertCommand: ParsableCommand {
             ])
             Report.printJSON(report)
         } else if !report.quiet {
-            Report.note("wrote \(output): \(checkpoint.entries.count) tensors, \(ProgressBar.formatBytes(Double(totalBytes))) in \(String(format: "%.2f", seconds)) s")
+            Report.note(
+                "wrote \(output): \(checkpoint.entries.count) tensors, \(ProgressBar.formatBytes(Double(totalBytes))) in \(String(format: "%.2f", seconds)) s"
+            )
         }
     }
 }

@@ -46,7 +46,8 @@ struct DequantizeCommand: ParsableCommand {
         let target = floats.targetDType
         let total = checkpoint.entries.reduce(0) { $0 + $1.storedBytes }
         let progress = ProgressBar(label: "dequantize", total: total, quiet: report.quiet)
-        var writer = CheckpointWriter(target: OutputTarget(output), metadata: checkpoint.metadata, companions: checkpoint.companions, progress: progress)
+        var writer = CheckpointWriter(
+            target: OutputTarget(output), metadata: checkpoint.metadata, companions: checkpoint.companions, progress: progress)
         writer.maxShardSize = floats.shardLimit
         writer.castDType = target
         var outputBytes = 0
@@ -66,16 +67,20 @@ struct DequantizeCommand: ParsableCommand {
         progress.finish()
         let seconds = Date().timeIntervalSince(started)
         if report.json {
-            Report.printJSON(JSONValue.object([
-                JSONMember(key: "input", value: .string(input)),
-                JSONMember(key: "output", value: .string(output)),
-                JSONMember(key: "files", value: .array(written.map(JSONValue.string))),
-                JSONMember(key: "tensors", value: .integer(checkpoint.entries.count)),
-                JSONMember(key: "bytes", value: .integer(outputBytes)),
-                JSONMember(key: "seconds", value: .double(seconds)),
-            ]))
+            Report.printJSON(
+                JSONValue.object([
+                    JSONMember(key: "input", value: .string(input)),
+                    JSONMember(key: "output", value: .string(output)),
+                    JSONMember(key: "files", value: .array(written.map(JSONValue.string))),
+                    JSONMember(key: "tensors", value: .integer(checkpoint.entries.count)),
+                    JSONMember(key: "bytes", value: .integer(outputBytes)),
+                    JSONMember(key: "seconds", value: .double(seconds)),
+                ]))
         } else if !report.quiet {
-            Report.note(String(format: "wrote %@: %d tensors, %@ in %.2f s", output, checkpoint.entries.count, ProgressBar.formatBytes(Double(outputBytes)), seconds))
+            Report.note(
+                String(
+                    format: "wrote %@: %d tensors, %@ in %.2f s", output, checkpoint.entries.count,
+                    ProgressBar.formatBytes(Double(outputBytes)), seconds))
         }
     }
 }

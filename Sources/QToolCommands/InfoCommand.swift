@@ -44,22 +44,28 @@ struct InfoCommand: ParsableCommand {
                 JSONMember(key: "threads", value: .integer(threads)),
             ]
             if let gflops {
-                blas.append(JSONMember(key: "sgemm_gflops", value: .object([
-                    JSONMember(key: "1", value: .double(gflops.single)),
-                    JSONMember(key: "all", value: .double(gflops.all)),
-                ])))
+                blas.append(
+                    JSONMember(
+                        key: "sgemm_gflops",
+                        value: .object([
+                            JSONMember(key: "1", value: .double(gflops.single)),
+                            JSONMember(key: "all", value: .double(gflops.all)),
+                        ])))
             }
-            Report.printJSON(.object([
-                JSONMember(key: "version", value: .string(QTool.version)),
-                JSONMember(key: "cpu", value: .object([
-                    JSONMember(key: "vendor", value: .string(cpu.vendor)),
-                    JSONMember(key: "model", value: .string(cpu.model)),
-                    JSONMember(key: "features", value: .array(cpu.features.map(JSONValue.string))),
-                ])),
-                JSONMember(key: "blas", value: .object(blas)),
-                JSONMember(key: "zstd", value: .string(zstd)),
-                JSONMember(key: "hdf5", value: .string(hdf5)),
-            ]))
+            Report.printJSON(
+                .object([
+                    JSONMember(key: "version", value: .string(QTool.version)),
+                    JSONMember(
+                        key: "cpu",
+                        value: .object([
+                            JSONMember(key: "vendor", value: .string(cpu.vendor)),
+                            JSONMember(key: "model", value: .string(cpu.model)),
+                            JSONMember(key: "features", value: .array(cpu.features.map(JSONValue.string))),
+                        ])),
+                    JSONMember(key: "blas", value: .object(blas)),
+                    JSONMember(key: "zstd", value: .string(zstd)),
+                    JSONMember(key: "hdf5", value: .string(hdf5)),
+                ]))
             return
         }
         let chosenBy: String =
@@ -77,7 +83,8 @@ struct InfoCommand: ParsableCommand {
             "threads   \(threads)",
         ]
         if let gflops {
-            lines.append(String(format: "sgemm     %.1f GFLOP/s on 1 thread, %.1f GFLOP/s on %d threads", gflops.single, gflops.all, threads))
+            lines.append(
+                String(format: "sgemm     %.1f GFLOP/s on 1 thread, %.1f GFLOP/s on %d threads", gflops.single, gflops.all, threads))
         }
         lines += ["zstd      \(zstd)", "hdf5      \(hdf5)"]
         if !cpu.runsQToolKernels {

@@ -53,7 +53,8 @@ struct InspectReport {
         format = checkpoint.format.description
         path = checkpoint.path
         rows = checkpoint.entries.map { entry in
-            Row(name: entry.name, dtype: entry.dtype, shape: entry.shape,
+            Row(
+                name: entry.name, dtype: entry.dtype, shape: entry.shape,
                 parameters: entry.shape.elementCount, bytes: entry.storedBytes, quantization: entry.quantization)
         }
         metadata = checkpoint.metadata
@@ -76,22 +77,29 @@ struct InspectReport {
         if let metadata {
             members.append(JSONMember(key: "metadata", value: .object(metadata.map { JSONMember(key: $0.key, value: .string($0.value)) })))
         }
-        members.append(JSONMember(key: "tensors", value: .array(rows.map { row in
-            .object([
-                JSONMember(key: "name", value: .string(row.name)),
-                JSONMember(key: "dtype", value: .string(row.dtype.rawValue)),
-                JSONMember(key: "shape", value: .array(row.shape.dimensions.map(JSONValue.integer))),
-                JSONMember(key: "parameters", value: .integer(row.parameters)),
-                JSONMember(key: "bytes", value: .integer(row.bytes)),
-            ] + (row.quantization.map { [JSONMember(key: "quantization", value: .string($0))] } ?? []))
-        })))
+        members.append(
+            JSONMember(
+                key: "tensors",
+                value: .array(
+                    rows.map { row in
+                        .object(
+                            [
+                                JSONMember(key: "name", value: .string(row.name)),
+                                JSONMember(key: "dtype", value: .string(row.dtype.rawValue)),
+                                JSONMember(key: "shape", value: .array(row.shape.dimensions.map(JSONValue.integer))),
+                                JSONMember(key: "parameters", value: .integer(row.parameters)),
+                                JSONMember(key: "bytes", value: .integer(row.bytes)),
+                            ] + (row.quantization.map { [JSONMember(key: "quantization", value: .string($0))] } ?? []))
+                    })))
         members.append(JSONMember(key: "total_parameters", value: .integer(totalParameters)))
         members.append(JSONMember(key: "total_bytes", value: .integer(totalBytes)))
         if isQuantized {
             members.append(JSONMember(key: "quantized_tensors", value: .integer(rows.filter { $0.quantization != nil }.count)))
             members.append(JSONMember(key: "bits_per_parameter", value: .double((bitsPerParameter * 1000).rounded() / 1000)))
             members.append(JSONMember(key: "source_bytes", value: .integer(sourceBytes)))
-            members.append(JSONMember(key: "size_vs_source", value: .double((Double(totalBytes) / Double(max(sourceBytes, 1)) * 10000).rounded() / 10000)))
+            members.append(
+                JSONMember(
+                    key: "size_vs_source", value: .double((Double(totalBytes) / Double(max(sourceBytes, 1)) * 10000).rounded() / 10000)))
         }
         return .object(members)
     }
@@ -103,9 +111,12 @@ struct InspectReport {
         lines.append("\(text(path, false)): \(format)" + (files.isEmpty ? "" : ", \(files.count) shards"))
         if let metadata, !metadata.isEmpty {
             // A long value (an HDF5 layout, a model config) is cut: --json has it whole.
-            lines.append("metadata: " + metadata.map { item in
-                "\(text(item.key, false))=" + text(item.value.count > 80 ? "\(item.value.prefix(60))… (\(item.value.count) characters)" : item.value, false)
-            }.joined(separator: ", "))
+            lines.append(
+                "metadata: "
+                    + metadata.map { item in
+                        "\(text(item.key, false))="
+                            + text(item.value.count > 80 ? "\(item.value.prefix(60))… (\(item.value.count) characters)" : item.value, false)
+                    }.joined(separator: ", "))
         }
         var header = ["name", "dtype", "shape", "parameters", "bytes"]
         var cells = rows.map { [text($0.name, false), $0.dtype.rawValue, $0.shape.description, grouped($0.parameters), grouped($0.bytes)] }
@@ -126,10 +137,11 @@ struct InspectReport {
             "\(rows.count) tensors, \(grouped(totalParameters)) parameters, \(grouped(totalBytes)) bytes"
                 + " (\(ProgressBar.formatBytes(Double(totalBytes))))")
         if isQuantized {
-            lines.append(String(
-                format: "%d quantized; %.3f bits per parameter; %.1f%% of the source's %@",
-                rows.filter { $0.quantization != nil }.count, bitsPerParameter,
-                Double(totalBytes) / Double(max(sourceBytes, 1)) * 100, ProgressBar.formatBytes(Double(sourceBytes))))
+            lines.append(
+                String(
+                    format: "%d quantized; %.3f bits per parameter; %.1f%% of the source's %@",
+                    rows.filter { $0.quantization != nil }.count, bitsPerParameter,
+                    Double(totalBytes) / Double(max(sourceBytes, 1)) * 100, ProgressBar.formatBytes(Double(sourceBytes))))
         }
         return lines.joined(separator: "\n")
     }

@@ -107,7 +107,8 @@ struct MergeCommand: ParsableCommand {
                 // in float32, quantize the float32 result with the same settings.
                 let restored = QuantizedRows(q)
                 if format == .safetensors {
-                    return .plain(try MergedTensor(base: restored, merge: change, dtype: castTo ?? Self.floatType(q.originalDType), name: entry.name))
+                    return .plain(
+                        try MergedTensor(base: restored, merge: change, dtype: castTo ?? Self.floatType(q.originalDType), name: entry.name))
                 }
                 // The float32 merge streams into the quantizer: never held whole.
                 let merged = try MergedTensor(base: restored, merge: change, dtype: .f32, name: entry.name)
@@ -133,20 +134,22 @@ struct MergeCommand: ParsableCommand {
         progress.finish()
         let seconds = Date().timeIntervalSince(started)
         if report.json {
-            Report.printJSON(JSONValue.object([
-                JSONMember(key: "base", value: .string(base)),
-                JSONMember(key: "adapters", value: .array(loaded.map { adapterJSON($0.adapter, weight: $0.weight) })),
-                JSONMember(key: "output", value: .string(output)),
-                JSONMember(key: "format", value: .string(format.rawValue)),
-                JSONMember(key: "files", value: .array(written.map(JSONValue.string))),
-                JSONMember(key: "tensors", value: .integer(checkpoint.entries.count)),
-                JSONMember(key: "changed_tensors", value: .integer(changed)),
-                JSONMember(key: "seconds", value: .double(seconds)),
-            ]))
+            Report.printJSON(
+                JSONValue.object([
+                    JSONMember(key: "base", value: .string(base)),
+                    JSONMember(key: "adapters", value: .array(loaded.map { adapterJSON($0.adapter, weight: $0.weight) })),
+                    JSONMember(key: "output", value: .string(output)),
+                    JSONMember(key: "format", value: .string(format.rawValue)),
+                    JSONMember(key: "files", value: .array(written.map(JSONValue.string))),
+                    JSONMember(key: "tensors", value: .integer(checkpoint.entries.count)),
+                    JSONMember(key: "changed_tensors", value: .integer(changed)),
+                    JSONMember(key: "seconds", value: .double(seconds)),
+                ]))
         } else if !report.quiet {
-            Report.note(String(
-                format: "wrote %@: %d adapter%@ merged into %d of %d tensors (%@) in %.2f s", output, loaded.count,
-                loaded.count == 1 ? "" : "s", changed, checkpoint.entries.count, format.rawValue, seconds))
+            Report.note(
+                String(
+                    format: "wrote %@: %d adapter%@ merged into %d of %d tensors (%@) in %.2f s", output, loaded.count,
+                    loaded.count == 1 ? "" : "s", changed, checkpoint.entries.count, format.rawValue, seconds))
         }
     }
 
@@ -159,7 +162,9 @@ struct MergeCommand: ParsableCommand {
 
     private static func floatType(_ dtype: DType) -> DType { dtype == .f64 ? .f32 : dtype }
 
-    private func quantize(_ tensor: any TensorPayload, _ name: String, type: QuantType, blocksize: Int, double: Bool) throws -> QuantizedTensor {
+    private func quantize(_ tensor: any TensorPayload, _ name: String, type: QuantType, blocksize: Int, double: Bool) throws
+        -> QuantizedTensor
+    {
         do {
             return try QuantizedTensor.quantize(tensor, type: type, blocksize: blocksize, doubleQuantization: double)
         } catch let error as QuantizationError {
@@ -191,26 +196,37 @@ struct MergeCommand: ParsableCommand {
             rows.append((entry.name, changes))
         }
         if report.json {
-            Report.printJSON(JSONValue.object([
-                JSONMember(key: "base", value: .string(base)),
-                JSONMember(key: "adapters", value: .array(adapters.map { adapterJSON($0.adapter, weight: $0.weight) })),
-                JSONMember(key: "changes", value: .array(rows.map { row in
-                    .object([
-                        JSONMember(key: "tensor", value: .string(row.name)),
-                        JSONMember(key: "changes", value: .array(row.changes.map { change in
-                            .object([
-                                JSONMember(key: "adapter", value: .integer(change.adapter)),
-                                JSONMember(key: "kind", value: .string(change.kind)),
-                            ] + (change.rank.map { [JSONMember(key: "rank", value: .integer($0))] } ?? [])
-                                + (change.scale.map { [JSONMember(key: "scale", value: .double(Double($0)))] } ?? []))
-                        })),
-                    ])
-                })),
-            ]))
+            Report.printJSON(
+                JSONValue.object([
+                    JSONMember(key: "base", value: .string(base)),
+                    JSONMember(key: "adapters", value: .array(adapters.map { adapterJSON($0.adapter, weight: $0.weight) })),
+                    JSONMember(
+                        key: "changes",
+                        value: .array(
+                            rows.map { row in
+                                .object([
+                                    JSONMember(key: "tensor", value: .string(row.name)),
+                                    JSONMember(
+                                        key: "changes",
+                                        value: .array(
+                                            row.changes.map { change in
+                                                .object(
+                                                    [
+                                                        JSONMember(key: "adapter", value: .integer(change.adapter)),
+                                                        JSONMember(key: "kind", value: .string(change.kind)),
+                                                    ] + (change.rank.map { [JSONMember(key: "rank", value: .integer($0))] } ?? [])
+                                                        + (change.scale.map { [JSONMember(key: "scale", value: .double(Double($0)))] } ?? [])
+                                                )
+                                            })),
+                                ])
+                            })),
+                ]))
             return
         }
         for (index, item) in adapters.enumerated() {
-            print("adapter \(index): \(TerminalText.escaped(item.adapter.path)) (\(item.adapter.layout.rawValue), weight \(Self.format(item.weight)))")
+            print(
+                "adapter \(index): \(TerminalText.escaped(item.adapter.path)) (\(item.adapter.layout.rawValue), weight \(Self.format(item.weight)))"
+            )
         }
         let width = rows.map { TerminalText.escaped($0.name).count }.max() ?? 0
         for row in rows {
@@ -259,7 +275,8 @@ enum AdapterFolder {
         if !FilePaths.isDirectory(path) {
             guard path.hasSuffix(".safetensors") else {
                 let hint = FilePaths.lastComponent(of: path) == configName ? " (give its folder, '\(folder)')" : ""
-                throw LoRAError.missingFile(path: path, problem: "--adapter takes an adapter folder (or its .safetensors weights), not this file\(hint)")
+                throw LoRAError.missingFile(
+                    path: path, problem: "--adapter takes an adapter folder (or its .safetensors weights), not this file\(hint)")
             }
             weights = path
         } else if FilePaths.exists(folder + "/" + peftWeights) {

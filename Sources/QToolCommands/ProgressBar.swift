@@ -53,7 +53,8 @@ public final class ProgressBar: @unchecked Sendable {
         let rate = Double(done) / elapsed
         let eta = rate > 0 ? Double(total - done) / rate : 0
         let rateText = unit == .bytes ? ProgressBar.formatBytes(rate) + "/s" : String(format: "%.1f/s", rate)
-        StandardError.write(String(format: "\r%@ %@ %3.0f%% %@ ETA %@ ", label, bar, fraction * 100, rateText, ProgressBar.formatDuration(eta)))
+        StandardError.write(
+            String(format: "\r%@ %@ %3.0f%% %@ ETA %@ ", label, bar, fraction * 100, rateText, ProgressBar.formatDuration(eta)))
     }
 
     /// Clears the bar's line.

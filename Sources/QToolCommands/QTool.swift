@@ -48,7 +48,9 @@ public struct QTool: ParsableCommand {
             try command.run()
             return 0
         } catch let error as FileError {
-            StandardError.write("error: \(TerminalText.escaped(error.path.isEmpty ? "(empty path)" : error.path)): \(TerminalText.escaped(error.problem))\n")
+            StandardError.write(
+                "error: \(TerminalText.escaped(error.path.isEmpty ? "(empty path)" : error.path)): \(TerminalText.escaped(error.problem))\n"
+            )
             return 2
         } catch {
             let code = exitCode(for: error)
@@ -126,4 +128,3 @@ public struct CommandError: FileError {
         self.problem = problem
     }
 }
-

@@ -48,7 +48,10 @@ struct QuantizeCommand: ParsableCommand {
 
     @OptionGroup var threading: ThreadOptions
 
-    @Option(help: "nf4 (a .nf4 container) or bnb (a bitsandbytes model folder or .safetensors file). Default: bnb for an OUTPUT ending in .safetensors or an existing folder, else nf4.")
+    @Option(
+        help:
+            "nf4 (a .nf4 container) or bnb (a bitsandbytes model folder or .safetensors file). Default: bnb for an OUTPUT ending in .safetensors or an existing folder, else nf4."
+    )
     var format: QuantizedOutputFormat?
 
     @Flag(help: "Also measure the error of the 4-bit weights against the source (slower).")
@@ -65,7 +68,8 @@ struct QuantizeCommand: ParsableCommand {
             throw ValidationError("OUTPUT '\(output)' names an HDF5 file; quantize writes a .nf4 file or a bitsandbytes folder")
         }
         if format == .nf4, output.hasSuffix(".safetensors") || FilePaths.isDirectory(output) {
-            throw ValidationError("--format nf4 writes a .nf4 file, but OUTPUT '\(output)' is a .safetensors name or a folder; use --format bnb")
+            throw ValidationError(
+                "--format nf4 writes a .nf4 file, but OUTPUT '\(output)' is a .safetensors name or a folder; use --format bnb")
         }
         if format == .bnb, output.hasSuffix(".nf4") {
             throw ValidationError("OUTPUT '\(output)' ends in .nf4 but --format is bnb; use --format nf4 or another name")
@@ -143,27 +147,30 @@ struct QuantizeCommand: ParsableCommand {
         let seconds = Date().timeIntervalSince(started)
         let bits = parameters == 0 ? 0 : Double(storedBytes * 8) / Double(parameters)
         if report.json {
-            Report.printJSON(JSONValue.object([
-                JSONMember(key: "input", value: .string(input)),
-                JSONMember(key: "output", value: .string(output)),
-                JSONMember(key: "format", value: .string(format.rawValue)),
-                JSONMember(key: "files", value: .array(written.map(JSONValue.string))),
-                JSONMember(key: "quant_type", value: .string(type.rawValue)),
-                JSONMember(key: "blocksize", value: .integer(blocksize)),
-                JSONMember(key: "double_quant", value: .bool(!noDoubleQuant)),
-                JSONMember(key: "tensors", value: .integer(checkpoint.entries.count)),
-                JSONMember(key: "quantized_tensors", value: .integer(quantizedCount)),
-                JSONMember(key: "parameters", value: .integer(parameters)),
-                JSONMember(key: "source_bytes", value: .integer(originalBytes)),
-                JSONMember(key: "stored_bytes", value: .integer(storedBytes)),
-                JSONMember(key: "bits_per_parameter", value: .double((bits * 1000).rounded() / 1000)),
-                JSONMember(key: "seconds", value: .double(seconds)),
-            ] + (error ? [JSONMember(key: "error", value: errorStats.json)] : [])))
+            Report.printJSON(
+                JSONValue.object(
+                    [
+                        JSONMember(key: "input", value: .string(input)),
+                        JSONMember(key: "output", value: .string(output)),
+                        JSONMember(key: "format", value: .string(format.rawValue)),
+                        JSONMember(key: "files", value: .array(written.map(JSONValue.string))),
+                        JSONMember(key: "quant_type", value: .string(type.rawValue)),
+                        JSONMember(key: "blocksize", value: .integer(blocksize)),
+                        JSONMember(key: "double_quant", value: .bool(!noDoubleQuant)),
+                        JSONMember(key: "tensors", value: .integer(checkpoint.entries.count)),
+                        JSONMember(key: "quantized_tensors", value: .integer(quantizedCount)),
+                        JSONMember(key: "parameters", value: .integer(parameters)),
+                        JSONMember(key: "source_bytes", value: .integer(originalBytes)),
+                        JSONMember(key: "stored_bytes", value: .integer(storedBytes)),
+                        JSONMember(key: "bits_per_parameter", value: .double((bits * 1000).rounded() / 1000)),
+                        JSONMember(key: "seconds", value: .double(seconds)),
+                    ] + (error ? [JSONMember(key: "error", value: errorStats.json)] : [])))
         } else if !report.quiet {
-            Report.note(String(
-                format: "wrote %@: %d of %d tensors quantized (%@ %@), %@ from %@, %.3f bits per parameter, %.2f s",
-                output, quantizedCount, checkpoint.entries.count, type.rawValue, noDoubleQuant ? "" : "+ double quant",
-                ProgressBar.formatBytes(Double(storedBytes)), ProgressBar.formatBytes(Double(originalBytes)), bits, seconds))
+            Report.note(
+                String(
+                    format: "wrote %@: %d of %d tensors quantized (%@ %@), %@ from %@, %.3f bits per parameter, %.2f s",
+                    output, quantizedCount, checkpoint.entries.count, type.rawValue, noDoubleQuant ? "" : "+ double quant",
+                    ProgressBar.formatBytes(Double(storedBytes)), ProgressBar.formatBytes(Double(originalBytes)), bits, seconds))
             if error { Report.note(errorStats.summary) }
         }
     }
@@ -195,7 +202,9 @@ struct QuantizationErrorStats {
                         into: out.baseAddress!, dtype: .f32)
                 }
             }
-            restored.withUnsafeBufferPointer { comparison.add(reference: values, candidate: UnsafeBufferPointer(rebasing: $0[0..<values.count])) }
+            restored.withUnsafeBufferPointer {
+                comparison.add(reference: values, candidate: UnsafeBufferPointer(rebasing: $0[0..<values.count]))
+            }
             index += values.count
         }
     }

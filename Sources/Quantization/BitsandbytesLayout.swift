@@ -36,7 +36,8 @@ public enum BitsandbytesLayout {
             state.append(JSONMember(key: "nested_offset", value: JSONValue.pythonFloat(Double(offset))))
         }
         let json = pythonCompact(.object(state))
-        out.append((name + quantStatePrefix + tensor.quantType.rawValue, Tensor(dtype: .u8, shape: [json.utf8.count], values: Array(json.utf8))))
+        out.append(
+            (name + quantStatePrefix + tensor.quantType.rawValue, Tensor(dtype: .u8, shape: [json.utf8.count], values: Array(json.utf8))))
         return out
     }
 
@@ -99,7 +100,8 @@ public enum BitsandbytesLayout {
         return result
     }
 
-    static func read(base: String, type: QuantType, stateKey: String, _ tensors: NamedTensors) throws(QuantizationError) -> QuantizedTensor {
+    static func read(base: String, type: QuantType, stateKey: String, _ tensors: NamedTensors) throws(QuantizationError) -> QuantizedTensor
+    {
         func fail(_ problem: String) -> QuantizationError { .invalidLayout(tensor: base, problem: problem) }
         func need(_ suffix: String, _ dtype: DType) throws(QuantizationError) -> Tensor {
             guard let t = tensors[base + suffix] else { throw fail("missing \(base + suffix)") }
@@ -119,7 +121,8 @@ public enum BitsandbytesLayout {
         }
         guard let entries = state["shape"]?.arrayValues else { throw fail("quant_state shape is missing") }
         let dims = entries.compactMap(\.integerValue)
-        guard dims.count == entries.count, dims.allSatisfy({ $0 >= 0 }), let count = Shape(dims).checkedElementCount, count < Int.max / 2 else {
+        guard dims.count == entries.count, dims.allSatisfy({ $0 >= 0 }), let count = Shape(dims).checkedElementCount, count < Int.max / 2
+        else {
             throw fail("quant_state shape \(entries.map { $0.compactSerialized() }) is not a list of non-negative integers of a valid size")
         }
         guard let dtypeName = state["dtype"]?.stringValue, let dtype = DType.allCases.first(where: { $0.torchName == dtypeName }),
@@ -158,13 +161,16 @@ public enum BitsandbytesLayout {
             absmax = .plain(scales)
         }
         let flatPacked = Tensor(dtype: .u8, shape: [packed.byteCount], storage: packed.storage)
-        let quantized = QuantizedTensor(quantType: type, blocksize: blocksize, shape: Shape(dims), originalDType: dtype, packed: flatPacked, absmax: absmax)
+        let quantized = QuantizedTensor(
+            quantType: type, blocksize: blocksize, shape: Shape(dims), originalDType: dtype, packed: flatPacked, absmax: absmax)
         try quantized.checkScales(name: base)
         return quantized
     }
 
     /// The `quantization_config` transformers writes into config.json for these settings.
-    public static func quantizationConfig(type: QuantType, doubleQuantization: Bool, computeDType: DType, skipModules: [String]?) -> JSONValue {
+    public static func quantizationConfig(type: QuantType, doubleQuantization: Bool, computeDType: DType, skipModules: [String]?)
+        -> JSONValue
+    {
         .object([
             JSONMember(key: "_load_in_4bit", value: .bool(true)),
             JSONMember(key: "_load_in_8bit", value: .bool(false)),
@@ -182,4 +188,3 @@ public enum BitsandbytesLayout {
         ])
     }
 }
-

@@ -60,7 +60,9 @@ public enum BlockwiseQuantizer {
     }
 
     /// The plain version that defines the format; `quantize` is held to it by the tests.
-    public static func quantizeReference(_ values: [Float], blocksize: Int, type: QuantType) throws(QuantizationError) -> BlockwiseQuantization {
+    public static func quantizeReference(_ values: [Float], blocksize: Int, type: QuantType) throws(QuantizationError)
+        -> BlockwiseQuantization
+    {
         try checkBlocksize(blocksize)
         if let bad = values.firstIndex(where: { !$0.isFinite }) { throw .nonFinite(elementIndex: bad) }
         let n = values.count
@@ -102,7 +104,9 @@ public enum BlockwiseQuantizer {
         let outcome = packed.withUnsafeMutableBytes { codes in
             absmax.withUnsafeMutableBufferPointer { scales in
                 Result { () throws(QuantizationError) in
-                    try quantize(source, dtype: dtype, count: n, blocksize: blocksize, type: type, codes: codes.baseAddress, scales: scales.baseAddress, threads: threads)
+                    try quantize(
+                        source, dtype: dtype, count: n, blocksize: blocksize, type: type, codes: codes.baseAddress,
+                        scales: scales.baseAddress, threads: threads)
                 }
             }
         }

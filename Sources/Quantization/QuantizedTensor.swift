@@ -177,7 +177,9 @@ public struct StreamingQuantizer {
     /// Threads for the kernel (a fixed split: the result is the same for any count).
     let threads: Int
 
-    public init(dtype: DType, shape: Shape, type: QuantType, blocksize: Int, threads: Int = ParallelismSettings.threadCount) throws(QuantizationError) {
+    public init(dtype: DType, shape: Shape, type: QuantType, blocksize: Int, threads: Int = ParallelismSettings.threadCount)
+        throws(QuantizationError)
+    {
         try BlockwiseQuantizer.checkBlocksize(blocksize)
         guard [.f32, .f16, .bf16, .f64].contains(dtype) else { throw .unsupportedDType(dtype) }
         self.dtype = dtype
@@ -257,7 +259,8 @@ public struct StreamingQuantizer {
         } else {
             scales = .plain(Tensor(dtype: .f32, shape: [absmax.count], values: absmax))
         }
-        return QuantizedTensor(quantType: type, blocksize: blocksize, shape: shape, originalDType: originalDType, packed: codes, absmax: scales)
+        return QuantizedTensor(
+            quantType: type, blocksize: blocksize, shape: shape, originalDType: originalDType, packed: codes, absmax: scales)
     }
 }
 
@@ -290,7 +293,8 @@ public struct QuantizedRows: FloatRowSource {
         source.packed.withBytes { packed in
             // Callers already run in parallel over rows: one thread here.
             Dequantizer.dequantize(
-                packed: packed.baseAddress! + blockStart / 2, absmax: scales[(blockStart / blocksize)..<((end + blocksize - 1) / blocksize)],
+                packed: packed.baseAddress! + blockStart / 2,
+                absmax: scales[(blockStart / blocksize)..<((end + blocksize - 1) / blocksize)],
                 count: count, blocksize: blocksize, type: source.quantType,
                 fp4NegativeZero: (source.shape.dimensions.last ?? 1) % 2 == 0, into: restored, dtype: dtype, threads: 1)
         }

@@ -124,7 +124,8 @@ public struct SafeTensorsModel: Sendable {
         for (position, file) in files.enumerated() {
             for entry in file.header.entries {
                 if let other = shardOfTensor[entry.name] {
-                    throw SafeTensorsError.tensorInTwoShards(path: folder, tensor: entry.name, first: ordered[other], second: ordered[position])
+                    throw SafeTensorsError.tensorInTwoShards(
+                        path: folder, tensor: entry.name, first: ordered[other], second: ordered[position])
                 }
                 shardOfTensor[entry.name] = position
             }

@@ -90,7 +90,8 @@ public enum SafeTensorsWriter {
         let parts = headerParts(orderedItems: ordered, metadata: metadata)
         let length = parts.reduce(0) { $0 + $1.utf8.count }
         guard length <= SafeTensorsHeader.maximumHeaderLength else {
-            throw SafeTensorsError.cannotWrite(path: output.reportedPath, detail: "header would exceed \(SafeTensorsHeader.maximumHeaderLength) bytes")
+            throw SafeTensorsError.cannotWrite(
+                path: output.reportedPath, detail: "header would exceed \(SafeTensorsHeader.maximumHeaderLength) bytes")
         }
         try withUnsafeBytes(of: UInt64(length).littleEndian) { try output.write($0) }
         for var part in parts { try part.withUTF8 { try output.write(UnsafeRawBufferPointer($0)) } }

@@ -50,7 +50,9 @@ public enum ShardedWriter {
     public static func indexText(weightMap: [(tensor: String, file: String)], totalSize: Int, totalParameters: Int) -> String {
         let style = JSONStyle.python
         // Python sorts keys by code point; comparing unicode scalars gives the same order.
-        let sorted = weightMap.sorted { $0.tensor.unicodeScalars.lexicographicallyPrecedes($1.tensor.unicodeScalars, by: { $0.value < $1.value }) }
+        let sorted = weightMap.sorted {
+            $0.tensor.unicodeScalars.lexicographicallyPrecedes($1.tensor.unicodeScalars, by: { $0.value < $1.value })
+        }
         var text = "{\n  \"metadata\": {\n"
         text += "    \"total_parameters\": \(totalParameters),\n"
         text += "    \"total_size\": \(totalSize)\n  },\n  \"weight_map\": {"

@@ -185,7 +185,9 @@ public final class FolderOutputTransaction {
         if lstat(folder, &info) == 0 {
             let type = info.st_mode & S_IFMT
             if type == S_IFLNK {
-                guard FilePaths.isDirectory(folder) else { throw TensorCoreError.cannotWrite(path: folder, reason: "exists and is not a folder") }
+                guard FilePaths.isDirectory(folder) else {
+                    throw TensorCoreError.cannotWrite(path: folder, reason: "exists and is not a folder")
+                }
             } else if type != S_IFDIR {
                 throw TensorCoreError.cannotWrite(path: folder, reason: "exists and is not a folder")
             }

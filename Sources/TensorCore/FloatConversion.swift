@@ -55,7 +55,8 @@ public enum FloatConversion {
                 encode(bits.baseAddress!, count: n, into: destination, targetType, at: start, bf16NaN: bf16NaN)
                 let scalarFrom = max(start, scalarStart - firstIndex)
                 if scalarFrom < start + n {
-                    applyScalarNaN(bits.baseAddress!, tileStart: start, range: scalarFrom..<(start + n), sourceType, into: destination, targetType)
+                    applyScalarNaN(
+                        bits.baseAddress!, tileStart: start, range: scalarFrom..<(start + n), sourceType, into: destination, targetType)
                 }
                 start += n
             }
@@ -78,7 +79,9 @@ public enum FloatConversion {
 
     /// float32 bit patterns of elements `start..<start+count`.
     @inline(__always)
-    @usableFromInline static func decode(_ source: UnsafeRawPointer, _ type: DType, from start: Int, count: Int, into bits: UnsafeMutablePointer<UInt32>) {
+    @usableFromInline static func decode(
+        _ source: UnsafeRawPointer, _ type: DType, from start: Int, count: Int, into bits: UnsafeMutablePointer<UInt32>
+    ) {
         switch type {
         case .f32:
             let p = source.assumingMemoryBound(to: UInt32.self) + start
@@ -104,7 +107,9 @@ public enum FloatConversion {
     }
 
     @inline(__always)
-    @usableFromInline static func encode(_ bits: UnsafePointer<UInt32>, count: Int, into destination: UnsafeMutableRawPointer, _ type: DType, at start: Int, bf16NaN: UInt16) {
+    @usableFromInline static func encode(
+        _ bits: UnsafePointer<UInt32>, count: Int, into destination: UnsafeMutableRawPointer, _ type: DType, at start: Int, bf16NaN: UInt16
+    ) {
         switch type {
         case .f32:
             (destination.assumingMemoryBound(to: UInt32.self) + start).update(from: bits, count: count)

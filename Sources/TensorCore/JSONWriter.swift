@@ -35,7 +35,8 @@ extension JSONStyle {
             case "\u{08}": out += "\\b"
             case "\u{0C}": out += "\\f"
             default:
-                if scalar.value < 0x20 || (self == .python && scalar.value >= 0x7F) || (self == .report && TerminalText.needsEscape(scalar)) {
+                if scalar.value < 0x20 || (self == .python && scalar.value >= 0x7F) || (self == .report && TerminalText.needsEscape(scalar))
+                {
                     if scalar.value > 0xFFFF {
                         // Python escapes astral characters as a UTF-16 surrogate pair.
                         let v = scalar.value - 0x10000
@@ -83,7 +84,8 @@ extension JSONValue {
             if values.allSatisfy({ $0.objectMembers == nil && $0.arrayValues == nil }) {
                 return "[" + values.map { $0.serialized(style: style) }.joined(separator: ", ") + "]"
             }
-            return "[\n" + values.map { pad + $0.serialized(indent: indent + 2, style: style) }.joined(separator: ",\n") + "\n" + closePad + "]"
+            return "[\n" + values.map { pad + $0.serialized(indent: indent + 2, style: style) }.joined(separator: ",\n") + "\n" + closePad
+                + "]"
         case .object(let members):
             if members.isEmpty { return "{}" }
             return "{\n"
@@ -111,7 +113,8 @@ extension JSONValue {
         case .string(let s): return JSONStyle.python.quoted(s)
         case .array(let values):
             if values.isEmpty { return "[]" }
-            return "[\n" + values.map { inner + $0.pythonDumps(indent: indent, sortKeys: sortKeys, level: level + 1) }
+            return "[\n"
+                + values.map { inner + $0.pythonDumps(indent: indent, sortKeys: sortKeys, level: level + 1) }
                 .joined(separator: ",\n") + "\n" + outer + "]"
         case .object(let members):
             if members.isEmpty { return "{}" }
@@ -119,7 +122,11 @@ extension JSONValue {
                 sortKeys
                 ? members.sorted { $0.key.unicodeScalars.lexicographicallyPrecedes($1.key.unicodeScalars) { $0.value < $1.value } }
                 : members
-            return "{\n" + ordered.map { inner + JSONStyle.python.quoted($0.key) + ": " + $0.value.pythonDumps(indent: indent, sortKeys: sortKeys, level: level + 1) }
+            return "{\n"
+                + ordered.map {
+                    inner + JSONStyle.python.quoted($0.key) + ": "
+                        + $0.value.pythonDumps(indent: indent, sortKeys: sortKeys, level: level + 1)
+                }
                 .joined(separator: ",\n") + "\n" + outer + "}"
         }
     }

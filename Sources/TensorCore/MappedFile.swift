@@ -118,7 +118,9 @@ public final class SpillFile: @unchecked Sendable {
             while offset < piece.count {
                 let n = write(fd, piece.baseAddress! + offset, piece.count - offset)
                 if n < 0 && errno == EINTR { continue }
-                guard n > 0 else { throw TensorCoreError.cannotWrite(path: directory, reason: "setting aside 4-bit tensors: \(systemErrorText())") }
+                guard n > 0 else {
+                    throw TensorCoreError.cannotWrite(path: directory, reason: "setting aside 4-bit tensors: \(systemErrorText())")
+                }
                 offset += n
             }
             length += piece.count

@@ -203,7 +203,8 @@ extension Tensor: FloatRowSource {
     public func widenRows(_ rows: Range<Int>, columns: Int, into values: UnsafeMutablePointer<Float>) {
         let width = dtype.bitSize / 8
         withBytes { raw in
-            FloatConversion.decodeToFloat32(raw.baseAddress! + rows.lowerBound * columns * width, dtype, from: 0, count: rows.count * columns, into: values)
+            FloatConversion.decodeToFloat32(
+                raw.baseAddress! + rows.lowerBound * columns * width, dtype, from: 0, count: rows.count * columns, into: values)
         }
     }
 

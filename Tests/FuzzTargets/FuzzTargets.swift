@@ -104,11 +104,16 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         var tensors = NamedTensors()
         for layer in 0..<2 {
             for (module, shape) in [("self_attn.q_proj", [64, 64]), ("self_attn.v_proj", [32, 64]), ("mlp.down_proj", [64, 96])] {
-                tensors.append("model.layers.\(layer).\(module).weight", Tensor(dtype: .f32, shape: Shape(shape), values: [Float](repeating: 0.5, count: shape[0] * shape[1])))
+                tensors.append(
+                    "model.layers.\(layer).\(module).weight",
+                    Tensor(dtype: .f32, shape: Shape(shape), values: [Float](repeating: 0.5, count: shape[0] * shape[1])))
             }
-            tensors.append("model.layers.\(layer).self_attn.q_proj.bias", Tensor(dtype: .bf16, shape: [64], values: [UInt16](repeating: 0x3F80, count: 64)))
+            tensors.append(
+                "model.layers.\(layer).self_attn.q_proj.bias",
+                Tensor(dtype: .bf16, shape: [64], values: [UInt16](repeating: 0x3F80, count: 64)))
         }
-        tensors.append("model.embed_tokens.weight", Tensor(dtype: .bf16, shape: [100, 64], values: [UInt16](repeating: 0x3F00, count: 6400)))
+        tensors.append(
+            "model.embed_tokens.weight", Tensor(dtype: .bf16, shape: [100, 64], values: [UInt16](repeating: 0x3F00, count: 6400)))
         tensors.append("model.norm.step", Tensor(dtype: .i64, shape: [2], values: [Int64(1), 2]))
         return tensors
     }()
@@ -118,12 +123,17 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     static func adapter(_ data: UnsafeRawBufferPointer) {
         guard data.count >= 4 else { return }
         let length = Int(data.loadUnaligned(as: UInt32.self).littleEndian)
-        guard length <= data.count - 4, let config = try? JSONParser.parse(UnsafeRawBufferPointer(rebasing: data[4..<(4 + length)])) else { return }
+        guard length <= data.count - 4, let config = try? JSONParser.parse(UnsafeRawBufferPointer(rebasing: data[4..<(4 + length)])) else {
+            return
+        }
         withFile(UnsafeRawBufferPointer(rebasing: data[(4 + length)...]), suffix: ".safetensors") { path in
             guard let file = try? SafeTensorsFile(path: path) else { return }
             let tensors = file.tensors()
-            guard let adapter = try? LoRAAdapter(path: "fuzz", config: config, tensors: tensors, layout: LoRAAdapter.layout(of: tensors) ?? .peft),
-                let plan = try? MergePlan(adapters: [(adapter, 0.5)], base: base.entries.map { ($0.name, $0.tensor.dtype, $0.tensor.shape) })
+            guard
+                let adapter = try? LoRAAdapter(
+                    path: "fuzz", config: config, tensors: tensors, layout: LoRAAdapter.layout(of: tensors) ?? .peft),
+                let plan = try? MergePlan(
+                    adapters: [(adapter, 0.5)], base: base.entries.map { ($0.name, $0.tensor.dtype, $0.tensor.shape) })
             else { return }
             for (name, merge) in plan.changes {
                 for dtype in [DType.f32, .bf16] {

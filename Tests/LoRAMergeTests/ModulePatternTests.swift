@@ -16,7 +16,9 @@ struct ModulePatternTests {
 
     static let cases: [Case] = {
         let json = try! JSONParser.parse(String(decoding: Fixtures.bytes(Fixtures.path("lora/pattern-matches.json")), as: UTF8.self))
-        return json.arrayValues!.map { Case(key: $0["key"]!.stringValue!, module: $0["module"]!.stringValue!, matches: $0["matches"]!.boolValue!) }
+        return json.arrayValues!.map {
+            Case(key: $0["key"]!.stringValue!, module: $0["module"]!.stringValue!, matches: $0["matches"]!.boolValue!)
+        }
     }()
 
     @Test func everyPairMatchesAsPEFTDoes() throws {

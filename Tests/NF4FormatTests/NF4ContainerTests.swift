@@ -37,9 +37,11 @@ struct NF4ContainerTests {
         let codes = Tensor(dtype: .u8, shape: [2048], values: (0..<2048).map { UInt8($0 % 251) })
         let absmax = Tensor(dtype: .u8, shape: [64], values: (0..<64).map { UInt8($0) })
         let nested = Tensor(dtype: .f32, shape: [1], values: [Float(0.5)])
-        try writer.addQuantized(name: "layer.weight", QuantizedTensor(
-            quantType: .nf4, blocksize: 64, shape: [64, 64], originalDType: .bf16, packed: codes,
-            absmax: .double(codes: absmax, nestedAbsmax: nested, offset: 0.25, nestedBlocksize: 256)))
+        try writer.addQuantized(
+            name: "layer.weight",
+            QuantizedTensor(
+                quantType: .nf4, blocksize: 64, shape: [64, 64], originalDType: .bf16, packed: codes,
+                absmax: .double(codes: absmax, nestedAbsmax: nested, offset: 0.25, nestedBlocksize: 256)))
         try writer.addPlain(name: "norm.weight", Tensor(dtype: .bf16, shape: [3], values: [UInt16(1), 2, 3]))
         try writer.addPlain(name: "zeros", Tensor(dtype: .f32, shape: [1000], values: [Float](repeating: 0, count: 1000)))
         try writer.addFile(name: "config.json", bytes: Array("{\"a\": 1}\n".utf8))
@@ -95,21 +97,39 @@ struct NF4ContainerTests {
         ("version 2", "unsupportedVersion", { try broken { $0[8] = 2 } }),
         ("flags set", "unsupportedVersion", { try broken { $0[12] = 1 } }),
         ("header offset past the end", "truncated", { try broken { $0[$0.count - 26] = 0x7F } }),
-        ("header byte flipped", "headerChecksumMismatch", {
-            try broken { bytes in
-                let offset = Int(bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: bytes.count - 32, as: UInt64.self) })
-                bytes[offset + 5] ^= 0x20
+        (
+            "header byte flipped", "headerChecksumMismatch",
+            {
+                try broken { bytes in
+                    let offset = Int(bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: bytes.count - 32, as: UInt64.self) })
+                    bytes[offset + 5] ^= 0x20
+                }
             }
-        }),
+        ),
         ("header not JSON", "invalidHeader", { try withHeader { String($0.dropLast()) } }),
         ("wrong format name", "invalidHeader", { try withHeader { $0.replacingOccurrences(of: "qtool-nf4", with: "other") } }),
         ("unknown dtype", "invalidHeader", { try withHeader { $0.replacingOccurrences(of: "\"BF16\"", with: "\"BF17\"") } }),
-        ("bad blocksize", "invalidHeader", { try withHeader { $0.replacingOccurrences(of: "\"blocksize\": 64", with: "\"blocksize\": 48") } }),
+        (
+            "bad blocksize", "invalidHeader",
+            { try withHeader { $0.replacingOccurrences(of: "\"blocksize\": 64", with: "\"blocksize\": 48") } }
+        ),
         ("duplicate name", "invalidHeader", { try withHeader { $0.replacingOccurrences(of: "\"zeros\"", with: "\"norm.weight\"") } }),
-        ("section size wrong", "invalidSection", { try withHeader { $0.replacingOccurrences(of: "\"size\": 2048", with: "\"size\": 2047") } }),
-        ("misaligned section", "invalidSection", { try withHeader { $0.replacingOccurrences(of: "\"offset\": 64,", with: "\"offset\": 65,") } }),
-        ("section outside data", "invalidSection", { try withHeader { $0.replacingOccurrences(of: "\"offset\": 64,", with: "\"offset\": 6400000,") } }),
-        ("overlapping sections", "invalidSection", { try withHeader { $0.replacingOccurrences(of: "\"offset\": 2112,", with: "\"offset\": 64,") } }),
+        (
+            "section size wrong", "invalidSection",
+            { try withHeader { $0.replacingOccurrences(of: "\"size\": 2048", with: "\"size\": 2047") } }
+        ),
+        (
+            "misaligned section", "invalidSection",
+            { try withHeader { $0.replacingOccurrences(of: "\"offset\": 64,", with: "\"offset\": 65,") } }
+        ),
+        (
+            "section outside data", "invalidSection",
+            { try withHeader { $0.replacingOccurrences(of: "\"offset\": 64,", with: "\"offset\": 6400000,") } }
+        ),
+        (
+            "overlapping sections", "invalidSection",
+            { try withHeader { $0.replacingOccurrences(of: "\"offset\": 2112,", with: "\"offset\": 64,") } }
+        ),
         ("unknown compression", "invalidSection", { try withHeader { $0.replacingOccurrences(of: "\"none\"", with: "\"lz4\"") } }),
         ("data byte flipped", "checksumMismatch", { try broken { $0[100] ^= 1 } }),
     ]

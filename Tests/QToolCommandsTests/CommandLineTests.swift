@@ -40,7 +40,10 @@ struct CommandLineTests {
         #expect(result.status == 0)
         #expect(result.stdout.contains("3 shards"))
         let row = result.stdout.split(separator: "\n").first { $0.hasPrefix("model.layers.3.mlp.down_proj.weight ") }
-        #expect(row?.split(separator: " ", omittingEmptySubsequences: true).map(String.init) == ["model.layers.3.mlp.down_proj.weight", "BF16", "[128,", "352]", "45,056", "90,112"])
+        #expect(
+            row?.split(separator: " ", omittingEmptySubsequences: true).map(String.init) == [
+                "model.layers.3.mlp.down_proj.weight", "BF16", "[128,", "352]", "45,056", "90,112",
+            ])
         #expect(result.stdout.contains("1,000,576 parameters"))
     }
 
@@ -55,7 +58,9 @@ struct CommandLineTests {
     @Test(arguments: [("bf16", "safetensors/tiny-llama-f32.to_bf16.safetensors"), ("f16", "safetensors/tiny-llama-f32.to_f16.safetensors")])
     func castEqualsTorchsSaveOfTheCastModel(_ dtype: String, _ golden: String) throws {
         let output = Fixtures.temporaryFolder() + "/cast.safetensors"
-        let result = try QToolBinary.run(["convert", Fixtures.path("safetensors/tiny-llama-f32.safetensors"), output, "--dtype", dtype, "--quiet"])
+        let result = try QToolBinary.run([
+            "convert", Fixtures.path("safetensors/tiny-llama-f32.safetensors"), output, "--dtype", dtype, "--quiet",
+        ])
         #expect(result.status == 0, "\(result.stderr)")
         #expect(Fixtures.bytes(output) == Fixtures.bytes(Fixtures.path(golden)))
     }
@@ -89,7 +94,10 @@ struct CommandLineTests {
         let sharded = Fixtures.path("tiny-llama-sharded")
         let copy = try QToolBinary.run(["convert", sharded, folder + "/copy", "--quiet"])
         #expect(copy.status == 0, "\(copy.stderr)")
-        for name in ["model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors", "model-00003-of-00003.safetensors", "model.safetensors.index.json"] {
+        for name in [
+            "model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors", "model-00003-of-00003.safetensors",
+            "model.safetensors.index.json",
+        ] {
             #expect(Fixtures.bytes(folder + "/copy/" + name) == Fixtures.bytes(sharded + "/" + name), "\(name)")
         }
         let single = try QToolBinary.run(["convert", sharded, folder + "/one.safetensors", "--quiet"])

@@ -15,12 +15,16 @@ struct HDF5CommandTests {
         for name in golden.names { #expect(converted[name]?.isIdentical(to: golden[name]!) == true, "\(name)") }
         #expect(converted.metadata?.contains { $0.key == "hdf5_layout" } == true)
         // --layout torch transposes the Dense kernels only; back with --layout keras.
-        #expect(try QToolBinary.run(["convert", folder + "/k.safetensors", folder + "/t.safetensors", "--layout", "torch", "--quiet"]).status == 0)
+        #expect(
+            try QToolBinary.run(["convert", folder + "/k.safetensors", folder + "/t.safetensors", "--layout", "torch", "--quiet"]).status
+                == 0)
         let torch = try SafeTensorsFile(path: folder + "/t.safetensors").tensors()
         #expect(torch["layers.dense.vars.0"]?.shape == [16, 8] && torch["layers.dense_1.vars.0"]?.shape == [4, 16])
         #expect(torch["layers.batch_normalization.vars.0"]?.isIdentical(to: golden["layers.batch_normalization.vars.0"]!) == true)
         // Asking again for the layout it has changes nothing.
-        #expect(try QToolBinary.run(["convert", folder + "/t.safetensors", folder + "/t2.safetensors", "--layout", "torch", "--quiet"]).status == 0)
+        #expect(
+            try QToolBinary.run(["convert", folder + "/t.safetensors", folder + "/t2.safetensors", "--layout", "torch", "--quiet"]).status
+                == 0)
         #expect(Fixtures.bytes(folder + "/t.safetensors") == Fixtures.bytes(folder + "/t2.safetensors"))
         let back = try QToolBinary.run(["convert", folder + "/t.safetensors", folder + "/back.weights.h5", "--layout", "keras", "--quiet"])
         #expect(back.status == 0, "\(back.stderr)")
@@ -46,7 +50,8 @@ struct HDF5CommandTests {
         let source = Fixtures.path("hdf5/" + file)
         for output in [folder + "/x.safetensors", folder + "/x.h5"] {
             let result = try QToolBinary.run(["convert", source, output])
-            #expect(result.status == 2 && result.stderr.hasPrefix("error: \(source): ") && result.stderr.contains(message), "\(result.stderr)")
+            #expect(
+                result.status == 2 && result.stderr.hasPrefix("error: \(source): ") && result.stderr.contains(message), "\(result.stderr)")
         }
         #expect(Fixtures.listing(folder).isEmpty)
     }
@@ -64,7 +69,9 @@ struct HDF5CommandTests {
         let folder = Fixtures.temporaryFolder()
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/bin/sh")
-        process.arguments = ["-c", "ulimit -f 64; exec \"$0\" convert \"$1\" \"$2\"", QToolBinary.path, Fixtures.path("tiny-llama"), folder + "/out.h5"]
+        process.arguments = [
+            "-c", "ulimit -f 64; exec \"$0\" convert \"$1\" \"$2\"", QToolBinary.path, Fixtures.path("tiny-llama"), folder + "/out.h5",
+        ]
         let err = Pipe()
         process.standardError = err
         try process.run()

@@ -40,7 +40,8 @@ struct HostileInputTests {
         try Data(JSONValue.object(config).serialized().utf8).write(to: URL(fileURLWithPath: folder + "/adapter_config.json"))
         var entries = try SafeTensorsFile(path: lora + "/adapter_model.safetensors").tensors().entries.map { ($0.name, $0.tensor) }
         tensors?(&entries)
-        try SafeTensorsWriter.write(entries.map { .init(name: $0.0, payload: $0.1) }, metadata: nil, toFile: folder + "/adapter_model.safetensors")
+        try SafeTensorsWriter.write(
+            entries.map { .init(name: $0.0, payload: $0.1) }, metadata: nil, toFile: folder + "/adapter_model.safetensors")
         return folder
     }
 
@@ -98,7 +99,8 @@ struct HostileInputTests {
         config[index].value = .object(parameters)
         try Data(JSONValue.object(config).serialized().utf8).write(to: URL(fileURLWithPath: folder + "/adapter_config.json"))
         try Self.expectFailure(
-            ["merge", Self.model, "--adapter", folder, "-o", Fixtures.temporaryFolder() + "/m"], message: "beyond float32's range", file: folder)
+            ["merge", Self.model, "--adapter", folder, "-o", Fixtures.temporaryFolder() + "/m"], message: "beyond float32's range",
+            file: folder)
     }
 
     /// Scale times weight overflows float32; a scale that fits float32 but not the output type
@@ -106,7 +108,8 @@ struct HostileInputTests {
     @Test func mergesThatOverflowAreRefused() throws {
         let big = try Self.adapter(editing: Self.set("lora_alpha", .number("1e36")))
         try Self.expectFailure(
-            ["merge", Self.model, "--adapter", big + "=1e10", "-o", Fixtures.temporaryFolder() + "/m"], message: "overflows float32", file: big)
+            ["merge", Self.model, "--adapter", big + "=1e10", "-o", Fixtures.temporaryFolder() + "/m"], message: "overflows float32",
+            file: big)
         let out = Fixtures.temporaryFolder()
         try Self.expectFailure(
             ["merge", Self.model, "--adapter", big, "-o", out + "/m", "--dtype", "f16"], message: "not finite in F16", file: big)
@@ -137,8 +140,11 @@ struct HostileInputTests {
     @Test func mergingIntoAnFP8BaseNeedsAnOutputType() throws {
         let base = try Self.base(with: .f8E4M3)
         try Self.expectFailure(
-            ["merge", base, "--adapter", Self.lora, "-o", Fixtures.temporaryFolder() + "/m"], message: "cannot be written as F8_E4M3", file: Self.lora)
-        let result = try QToolBinary.run(["merge", base, "--adapter", Self.lora, "-o", Fixtures.temporaryFolder() + "/m", "--dtype", "bf16", "--quiet"])
+            ["merge", base, "--adapter", Self.lora, "-o", Fixtures.temporaryFolder() + "/m"], message: "cannot be written as F8_E4M3",
+            file: Self.lora)
+        let result = try QToolBinary.run([
+            "merge", base, "--adapter", Self.lora, "-o", Fixtures.temporaryFolder() + "/m", "--dtype", "bf16", "--quiet",
+        ])
         #expect(result.status == 0, "\(result.stderr)")
     }
 
@@ -180,7 +186,8 @@ struct HostileInputTests {
     @Test func anAdapterConfigGivenAsTheAdapterIsExplained() throws {
         let config = Self.lora + "/adapter_config.json"
         try Self.expectFailure(
-            ["merge", Self.model, "--adapter", config, "-o", Fixtures.temporaryFolder() + "/m"], message: "give its folder, '\(Self.lora)'", file: config)
+            ["merge", Self.model, "--adapter", config, "-o", Fixtures.temporaryFolder() + "/m"], message: "give its folder, '\(Self.lora)'",
+            file: config)
     }
 
     // MARK: .nf4 containers with sizes, offsets and numbers that lie
@@ -194,7 +201,9 @@ struct HostileInputTests {
     }
 
     /// Rewrites a .nf4 file's header (keeping its checksum right, so the edit is what is tested).
-    static func rewriteHeader(_ path: String, _ edit: (inout JSONValue) -> Void, sections: ((inout [UInt8], JSONValue) -> Void)? = nil) throws {
+    static func rewriteHeader(_ path: String, _ edit: (inout JSONValue) -> Void, sections: ((inout [UInt8], JSONValue) -> Void)? = nil)
+        throws
+    {
         var bytes = Fixtures.bytes(path)
         let trailer = bytes.count - 32
         let offset = Int(bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: trailer, as: UInt64.self) })
@@ -236,28 +245,32 @@ struct HostileInputTests {
         let path = try Self.container()
         try Self.rewriteHeader(path, Self.editFirstQuantized(Self.replacing("shape", with: .array([.number("9223372036854775807")]))))
         try Self.expectFailure(["inspect", path], message: "overflows", file: path)
-        try Self.rewriteHeader(path, Self.editFirstQuantized(Self.replacing("shape", with: .array([.number("4611686018427387904"), .number("4")]))))
+        try Self.rewriteHeader(
+            path, Self.editFirstQuantized(Self.replacing("shape", with: .array([.number("4611686018427387904"), .number("4")]))))
         try Self.expectFailure(["dequantize", path, Fixtures.temporaryFolder() + "/x"], message: "overflows", file: path)
     }
 
     /// A compressed section declaring a terabyte is refused before anything is allocated.
     @Test func aDecompressedSizeBeyondTheRatioIsRefused() throws {
         let path = try Self.container(["--compress", "zstd"])
-        try Self.rewriteHeader(path, { header in
-            var members = header.objectMembers!
-            let f = members.firstIndex { $0.key == "files" }!
-            var files = members[f].value.arrayValues!
-            var file = files[0].objectMembers!
-            let d = file.firstIndex { $0.key == "data" }!
-            var section = file[d].value.objectMembers!
-            section[section.firstIndex { $0.key == "compression" }!].value = .string("zstd")
-            section[section.firstIndex { $0.key == "size" }!].value = .number(String(1 << 40))
-            file[d].value = .object(section)
-            files[0] = .object(file)
-            members[f].value = .array(files)
-            header = .object(members)
-        })
-        try Self.expectFailure(["dequantize", path, Fixtures.temporaryFolder() + "/x"], message: "more than 1024 times its length", file: path)
+        try Self.rewriteHeader(
+            path,
+            { header in
+                var members = header.objectMembers!
+                let f = members.firstIndex { $0.key == "files" }!
+                var files = members[f].value.arrayValues!
+                var file = files[0].objectMembers!
+                let d = file.firstIndex { $0.key == "data" }!
+                var section = file[d].value.objectMembers!
+                section[section.firstIndex { $0.key == "compression" }!].value = .string("zstd")
+                section[section.firstIndex { $0.key == "size" }!].value = .number(String(1 << 40))
+                file[d].value = .object(section)
+                files[0] = .object(file)
+                members[f].value = .array(files)
+                header = .object(members)
+            })
+        try Self.expectFailure(
+            ["dequantize", path, Fixtures.temporaryFolder() + "/x"], message: "more than 1024 times its length", file: path)
     }
 
     @Test func aHeaderOverTheLimitIsRefusedUnread() throws {
@@ -284,18 +297,21 @@ struct HostileInputTests {
         // Without double quantization, a NaN among the float32 scales (checksum made right).
         let plain = try Self.container(["--no-double-quant"])
         var patched: (offset: Int, bytes: [UInt8])? = nil
-        try Self.rewriteHeader(plain, { header in
-            Self.editFirstQuantized { entry in
-                var section = entry.first { $0.key == "absmax" }!.value.objectMembers!
-                section[section.firstIndex { $0.key == "xxh64" }!].value = .string(XXH64.hash(patched!.bytes).hexDigits)
-                entry[entry.firstIndex { $0.key == "absmax" }!].value = .object(section)
-            }(&header)
-        }, sections: { data, header in
-            let entry = header["tensors"]!.arrayValues!.first { $0["quantized"]?.boolValue == true }!
-            let offset = entry["absmax"]!["offset"]!.integerValue!, length = entry["absmax"]!["length"]!.integerValue!
-            withUnsafeBytes(of: Float.nan.bitPattern.littleEndian) { data.replaceSubrange(offset..<(offset + 4), with: $0) }
-            patched = (offset, Array(data[offset..<(offset + length)]))
-        })
+        try Self.rewriteHeader(
+            plain,
+            { header in
+                Self.editFirstQuantized { entry in
+                    var section = entry.first { $0.key == "absmax" }!.value.objectMembers!
+                    section[section.firstIndex { $0.key == "xxh64" }!].value = .string(XXH64.hash(patched!.bytes).hexDigits)
+                    entry[entry.firstIndex { $0.key == "absmax" }!].value = .object(section)
+                }(&header)
+            },
+            sections: { data, header in
+                let entry = header["tensors"]!.arrayValues!.first { $0["quantized"]?.boolValue == true }!
+                let offset = entry["absmax"]!["offset"]!.integerValue!, length = entry["absmax"]!["length"]!.integerValue!
+                withUnsafeBytes(of: Float.nan.bitPattern.littleEndian) { data.replaceSubrange(offset..<(offset + 4), with: $0) }
+                patched = (offset, Array(data[offset..<(offset + length)]))
+            })
         try Self.expectFailure(["dequantize", plain, Fixtures.temporaryFolder() + "/x"], message: "not a finite number", file: plain)
     }
 
@@ -389,7 +405,9 @@ struct HostileInputTests {
     @Test func externalDataIsReadOnlyWhenAllowed() throws {
         let out = Fixtures.temporaryFolder()
         for file in ["external-link.h5", "external-storage.h5"] {
-            let result = try QToolBinary.run(["convert", Fixtures.path("hdf5/hostile/" + file), out + "/\(file).safetensors", "--allow-external", "--quiet"])
+            let result = try QToolBinary.run([
+                "convert", Fixtures.path("hdf5/hostile/" + file), out + "/\(file).safetensors", "--allow-external", "--quiet",
+            ])
             #expect(result.status == 0, "\(file): \(result.stderr)")
         }
         let linked = try SafeTensorsFile(path: out + "/external-link.h5.safetensors").tensors()
@@ -423,7 +441,8 @@ struct HostileInputTests {
     @Test func fifosAreRefusedWithoutBlocking() throws {
         let folder = Fixtures.temporaryFolder()
         #expect(mkfifo(folder + "/model.safetensors", 0o644) == 0)
-        try Self.expectFailure(["inspect", folder + "/model.safetensors"], message: "not a regular file", file: folder + "/model.safetensors")
+        try Self.expectFailure(
+            ["inspect", folder + "/model.safetensors"], message: "not a regular file", file: folder + "/model.safetensors")
         #expect(mkfifo(folder + "/weights.h5", 0o644) == 0)
         try Self.expectFailure(["inspect", folder + "/weights.h5"], message: "not a regular file", file: folder + "/weights.h5")
         // A companion file (config.json) that is a FIFO.
@@ -445,7 +464,9 @@ struct HostileInputTests {
             metadata: [("note", "bell\u{07}")], toFile: input)
         let table = try QToolBinary.run(["inspect", input])
         #expect(table.status == 0)
-        #expect(!table.stdout.contains("\u{1B}") && !table.stdout.contains("\u{202E}") && !table.stdout.contains("\u{9B}") && !table.stdout.contains("\u{07}"))
+        #expect(
+            !table.stdout.contains("\u{1B}") && !table.stdout.contains("\u{202E}") && !table.stdout.contains("\u{9B}")
+                && !table.stdout.contains("\u{07}"))
         #expect(table.stdout.contains("red\\x1b[31mtext\\u{202e}gnp.exe\\x9b2J") && table.stdout.contains("bell\\x07"), "\(table.stdout)")
         let json = try QToolBinary.run(["inspect", input, "--json"])
         #expect(!json.stdout.contains("\u{1B}") && !json.stdout.contains("\u{202E}") && !json.stdout.contains("\u{9B}"))

@@ -97,7 +97,9 @@ struct InterruptedWriteTests {
         let target = parent + "/model"
         let reference = Fixtures.temporaryFolder()
         #expect(try QToolBinary.run(["convert", Self.model, reference + "/old", "--max-shard-size", "1MB", "--quiet"]).status == 0)
-        #expect(try QToolBinary.run(["convert", Self.model, reference + "/new", "--max-shard-size", "1MB", "--dtype", "f32", "--quiet"]).status == 0)
+        #expect(
+            try QToolBinary.run(["convert", Self.model, reference + "/new", "--max-shard-size", "1MB", "--dtype", "f32", "--quiet"]).status
+                == 0)
         let old = try #require(Self.load(reference + "/old")), new = try #require(Self.load(reference + "/new"))
         let differ = old != new
         #expect(differ)
@@ -143,8 +145,12 @@ struct InterruptedWriteTests {
         for (process, _) in runs { process.waitUntilExit() }
         #expect(runs.allSatisfy { $0.0.terminationStatus == 0 })
         let reference = Fixtures.temporaryFolder()
-        #expect(try QToolBinary.run(["convert", Self.model, reference + "/f32", "--max-shard-size", "1MB", "--dtype", "f32", "--quiet"]).status == 0)
-        #expect(try QToolBinary.run(["convert", Self.model, reference + "/bf16", "--max-shard-size", "1MB", "--dtype", "bf16", "--quiet"]).status == 0)
+        #expect(
+            try QToolBinary.run(["convert", Self.model, reference + "/f32", "--max-shard-size", "1MB", "--dtype", "f32", "--quiet"]).status
+                == 0)
+        #expect(
+            try QToolBinary.run(["convert", Self.model, reference + "/bf16", "--max-shard-size", "1MB", "--dtype", "bf16", "--quiet"])
+                .status == 0)
         let loaded = try #require(Self.load(target))
         let whole = loaded == Self.load(reference + "/f32") || loaded == Self.load(reference + "/bf16")
         #expect(whole)
@@ -164,7 +170,10 @@ struct InterruptedWriteTests {
         try Data("mine".utf8).write(to: URL(fileURLWithPath: parent + "/notes.qtool-Ab3dE9"))
         try Data("young".utf8).write(to: URL(fileURLWithPath: parent + "/.young.qtool-Yy7uU6"))
         // All but the young one were left a minute ago.
-        for name in [".model.qtool-Ab3dE9", ".other.qtool-Zz9yX8", ".other.qtool-Zz9yX8/model.safetensors", ".live.qtool-Qq1wW2", "notes.qtool-Ab3dE9"] {
+        for name in [
+            ".model.qtool-Ab3dE9", ".other.qtool-Zz9yX8", ".other.qtool-Zz9yX8/model.safetensors", ".live.qtool-Qq1wW2",
+            "notes.qtool-Ab3dE9",
+        ] {
             try FileManager.default.setAttributes([.modificationDate: Date(timeIntervalSinceNow: -60)], ofItemAtPath: parent + "/" + name)
         }
         #expect(try QToolBinary.run(["convert", Self.model, parent + "/model", "--quiet"]).status == 0)

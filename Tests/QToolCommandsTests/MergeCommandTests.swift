@@ -107,7 +107,8 @@ struct MergeCommandTests {
         #expect(try QToolBinary.run(["merge", model, "--adapter", lora, "-o", folder + "/single", "--quiet"]).status == 0)
         let inputShards = Fixtures.listing(sharded).filter { $0.hasSuffix(".safetensors") }
         #expect(Fixtures.listing(folder + "/sharded").filter { $0.hasSuffix(".safetensors") } == inputShards)
-        #expect(Fixtures.bytes(folder + "/sharded/model.safetensors.index.json") == Fixtures.bytes(sharded + "/model.safetensors.index.json"))
+        #expect(
+            Fixtures.bytes(folder + "/sharded/model.safetensors.index.json") == Fixtures.bytes(sharded + "/model.safetensors.index.json"))
         let a = try SafeTensorsModel(path: folder + "/sharded").tensors(), b = try SafeTensorsModel(path: folder + "/single").tensors()
         #expect(Set(a.names) == Set(b.names))
         for name in a.names { #expect(a[name]!.isIdentical(to: b[name]!), "\(name)") }
@@ -185,4 +186,3 @@ struct MergeCommandTests {
         #expect(Fixtures.listing(folder).isEmpty)
     }
 }
-

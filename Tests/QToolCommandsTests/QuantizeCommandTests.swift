@@ -30,7 +30,8 @@ struct QuantizeCommandTests {
         // bnb → .nf4 → bnb is lossless.
         #expect(try QToolBinary.run(["convert", Fixtures.path("tiny-llama-bnb-nf4"), folder + "/again.nf4", "--quiet"]).status == 0)
         #expect(try QToolBinary.run(["convert", folder + "/again.nf4", folder + "/again", "--quiet"]).status == 0)
-        #expect(Fixtures.bytes(folder + "/again/model.safetensors") == Fixtures.bytes(Fixtures.path("tiny-llama-bnb-nf4/model.safetensors")))
+        #expect(
+            Fixtures.bytes(folder + "/again/model.safetensors") == Fixtures.bytes(Fixtures.path("tiny-llama-bnb-nf4/model.safetensors")))
     }
 
     @Test(arguments: ["nf4", "fp4"])
@@ -92,9 +93,10 @@ struct QuantizeCommandTests {
         let input = folder + "/nan.safetensors"
         var values = [Float](repeating: 0.5, count: 64 * 64)
         values[777] = .nan
-        try SafeTensorsWriter.write([
-            SafeTensorsWriter.Item(name: "a.weight", payload: Tensor(dtype: .f32, shape: [64, 64], values: values))
-        ], metadata: nil, toFile: input)
+        try SafeTensorsWriter.write(
+            [
+                SafeTensorsWriter.Item(name: "a.weight", payload: Tensor(dtype: .f32, shape: [64, 64], values: values))
+            ], metadata: nil, toFile: input)
         for format in ["nf4", "bnb"] {
             let result = try QToolBinary.run(["quantize", input, folder + "/out-" + format, "--format", format, "--quiet"])
             #expect(result.status == 2)

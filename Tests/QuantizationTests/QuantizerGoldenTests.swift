@@ -25,7 +25,8 @@ struct QuantizerGoldenTests {
     static func quantize(_ key: String) throws -> BlockwiseQuantization {
         let (input, type, blocksize) = parse(key)
         return try input.withBytes { raw in
-            try BlockwiseQuantizer.quantize(raw.baseAddress!, dtype: input.dtype, count: input.elementCount, blocksize: blocksize, type: type)
+            try BlockwiseQuantizer.quantize(
+                raw.baseAddress!, dtype: input.dtype, count: input.elementCount, blocksize: blocksize, type: type)
         }
     }
 
@@ -38,7 +39,10 @@ struct QuantizerGoldenTests {
     func codesAndAbsmaxAreBitExact(_ key: String) throws {
         let result = try Self.quantize(key)
         let expected = Self.bytes(key + ".codes")
-        #expect(result.packed == expected, "codes: first differing byte \(String(describing: result.packed.indices.first { $0 >= expected.count || result.packed[$0] != expected[$0] }))")
+        #expect(
+            result.packed == expected,
+            "codes: first differing byte \(String(describing: result.packed.indices.first { $0 >= expected.count || result.packed[$0] != expected[$0] }))"
+        )
         #expect(result.absmax.map(\.bitPattern) == Self.floats(key + ".absmax").map(\.bitPattern), "absmax")
     }
 

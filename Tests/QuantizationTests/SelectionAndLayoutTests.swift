@@ -34,7 +34,8 @@ struct SelectionAndLayoutTests {
         var values = [Float](repeating: 1, count: 200)
         values[130] = .nan
         #expect(throws: QuantizationError.nonFinite(elementIndex: 130)) {
-            _ = try QuantizedTensor.quantize(Tensor(dtype: .f32, shape: [200], values: values), type: .nf4, blocksize: 64, doubleQuantization: true)
+            _ = try QuantizedTensor.quantize(
+                Tensor(dtype: .f32, shape: [200], values: values), type: .nf4, blocksize: 64, doubleQuantization: true)
         }
         values[130] = 1
         values[7] = -.infinity

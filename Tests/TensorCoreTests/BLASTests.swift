@@ -103,12 +103,16 @@ struct BLASTests {
                     let xv = MatrixView(x.baseAddress!, rows: tokens, columns: inputs)
                     let wv = MatrixView(w.baseAddress!, rows: outputs, columns: inputs)
                     let dyv = MatrixView(dy.baseAddress!, rows: tokens, columns: outputs)
-                    y.withUnsafeMutableBufferPointer { BLAS.linear(input: xv, weight: wv, into: MutableMatrixView($0.baseAddress!, rows: tokens, columns: outputs)) }
+                    y.withUnsafeMutableBufferPointer {
+                        BLAS.linear(input: xv, weight: wv, into: MutableMatrixView($0.baseAddress!, rows: tokens, columns: outputs))
+                    }
                     dx.withUnsafeMutableBufferPointer {
-                        BLAS.linearInputGradient(outputGradient: dyv, weight: wv, into: MutableMatrixView($0.baseAddress!, rows: tokens, columns: inputs))
+                        BLAS.linearInputGradient(
+                            outputGradient: dyv, weight: wv, into: MutableMatrixView($0.baseAddress!, rows: tokens, columns: inputs))
                     }
                     dw.withUnsafeMutableBufferPointer {
-                        BLAS.linearWeightGradient(outputGradient: dyv, input: xv, into: MutableMatrixView($0.baseAddress!, rows: outputs, columns: inputs))
+                        BLAS.linearWeightGradient(
+                            outputGradient: dyv, input: xv, into: MutableMatrixView($0.baseAddress!, rows: outputs, columns: inputs))
                     }
                 }
             }
@@ -117,15 +121,23 @@ struct BLASTests {
         var ok = true
         for t in 0..<tokens {
             for o in 0..<outputs {
-                ok = ok && close(y[t * outputs + o], (0..<inputs).reduce(0.0) { $0 + Double(x[t * inputs + $1]) * Double(w[o * inputs + $1]) })
+                ok =
+                    ok
+                    && close(y[t * outputs + o], (0..<inputs).reduce(0.0) { $0 + Double(x[t * inputs + $1]) * Double(w[o * inputs + $1]) })
             }
             for i in 0..<inputs {
-                ok = ok && close(dx[t * inputs + i], (0..<outputs).reduce(0.0) { $0 + Double(dy[t * outputs + $1]) * Double(w[$1 * inputs + i]) })
+                ok =
+                    ok
+                    && close(
+                        dx[t * inputs + i], (0..<outputs).reduce(0.0) { $0 + Double(dy[t * outputs + $1]) * Double(w[$1 * inputs + i]) })
             }
         }
         for o in 0..<outputs {
             for i in 0..<inputs {
-                ok = ok && close(dw[o * inputs + i], 1 + (0..<tokens).reduce(0.0) { $0 + Double(dy[$1 * outputs + o]) * Double(x[$1 * inputs + i]) })
+                ok =
+                    ok
+                    && close(
+                        dw[o * inputs + i], 1 + (0..<tokens).reduce(0.0) { $0 + Double(dy[$1 * outputs + o]) * Double(x[$1 * inputs + i]) })
             }
         }
         #expect(ok)

@@ -7,7 +7,9 @@ import TestSupport
 /// Casts against torch's own `.to()` (fixtures/casts, made by fixtures/generate/safetensors_goldens.py).
 struct FloatConversionTests {
     static let goldens = try! SafeTensorsFile(path: Fixtures.path("casts/torch-casts.safetensors")).tensors()
-    static let sources = ["f32", "f16", "bf16", "f64", "f16_tail", "f64_tail", "f8_e4m3", "f8_e5m2", "f8_e4m3fnuz", "f8_e5m2fnuz", "f8_e8m0"]
+    static let sources = [
+        "f32", "f16", "bf16", "f64", "f16_tail", "f64_tail", "f8_e4m3", "f8_e5m2", "f8_e4m3fnuz", "f8_e5m2fnuz", "f8_e8m0",
+    ]
     static let targets: [(String, DType)] = [("f32", .f32), ("f16", .f16), ("bf16", .bf16)]
 
     static var cases: [String] {

@@ -36,4 +36,3 @@ struct TensorComparisonTests {
         #expect(TensorComparison.ulpDistance(.infinity, .greatestFiniteMagnitude) == 1)
     }
 }
-

@@ -93,6 +93,7 @@ public enum QToolBinary {
         process.waitUntilExit()
         return CommandResult(
             status: timedOut ? -1 : process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
-            stderr: String(decoding: errData, as: UTF8.self), signal: process.terminationReason == .uncaughtSignal ? process.terminationStatus : nil)
+            stderr: String(decoding: errData, as: UTF8.self),
+            signal: process.terminationReason == .uncaughtSignal ? process.terminationStatus : nil)
     }
 }

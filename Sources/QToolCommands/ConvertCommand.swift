@@ -82,15 +82,9 @@ struct ConvertCommand: ParsableCommand {
         progress.finish()
         let seconds = Date().timeIntervalSince(started)
         if report.json {
-            let report: JSONValue = .object([
-                JSONMember(key: "input", value: .string(input)),
-                JSONMember(key: "output", value: .string(output)),
-                JSONMember(key: "files", value: .array(written.map(JSONValue.string))),
-                JSONMember(key: "tensors", value: .integer(checkpoint.entries.count)),
-                JSONMember(key: "bytes", value: .integer(totalBytes)),
-                JSONMember(key: "seconds", value: .double(seconds)),
-            ])
-            Report.printJSON(report)
+            Report.printJSON(
+                Report.written(
+                    input: input, output: output, files: written, tensors: checkpoint.entries.count, bytes: totalBytes, seconds: seconds))
         } else if !report.quiet {
             Report.note(
                 "wrote \(output): \(checkpoint.entries.count) tensors, \(ProgressBar.formatBytes(Double(totalBytes))) in \(String(format: "%.2f", seconds)) s"

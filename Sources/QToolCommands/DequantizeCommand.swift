@@ -68,14 +68,8 @@ struct DequantizeCommand: ParsableCommand {
         let seconds = Date().timeIntervalSince(started)
         if report.json {
             Report.printJSON(
-                JSONValue.object([
-                    JSONMember(key: "input", value: .string(input)),
-                    JSONMember(key: "output", value: .string(output)),
-                    JSONMember(key: "files", value: .array(written.map(JSONValue.string))),
-                    JSONMember(key: "tensors", value: .integer(checkpoint.entries.count)),
-                    JSONMember(key: "bytes", value: .integer(outputBytes)),
-                    JSONMember(key: "seconds", value: .double(seconds)),
-                ]))
+                Report.written(
+                    input: input, output: output, files: written, tensors: checkpoint.entries.count, bytes: outputBytes, seconds: seconds))
         } else if !report.quiet {
             Report.note(
                 String(

@@ -90,6 +90,18 @@ enum Report {
         print(value.serialized(style: .report))
     }
 
+    /// The JSON report of a command that copies a checkpoint to another form.
+    static func written(input: String, output: String, files: [String], tensors: Int, bytes: Int, seconds: Double) -> JSONValue {
+        .object([
+            JSONMember(key: "input", value: .string(input)),
+            JSONMember(key: "output", value: .string(output)),
+            JSONMember(key: "files", value: .array(files.map(JSONValue.string))),
+            JSONMember(key: "tensors", value: .integer(tensors)),
+            JSONMember(key: "bytes", value: .integer(bytes)),
+            JSONMember(key: "seconds", value: .double(seconds)),
+        ])
+    }
+
     /// A summary line on standard error.
     static func note(_ line: String) {
         StandardError.write(TerminalText.escaped(line) + "\n")

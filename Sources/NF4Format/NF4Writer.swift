@@ -34,10 +34,8 @@ public final class NF4Writer {
 
     public func addQuantized(name: String, _ tensor: QuantizedTensor) throws {
         try claim(name)
-        let nested: (codes: Tensor, absmax: Tensor, offset: Float, blocksize: Int)? =
-            if case .double(let codes, let absmax, let offset, let blocksize) = tensor.absmax { (codes, absmax, offset, blocksize) } else {
-                nil
-            }
+        let nested: (offset: Float, blocksize: Int)? =
+            if case .double(_, _, let offset, let blocksize) = tensor.absmax { (offset, blocksize) } else { nil }
         var members: [JSONMember] = [
             JSONMember(key: "name", value: .string(name)),
             JSONMember(key: "quantized", value: .bool(true)),

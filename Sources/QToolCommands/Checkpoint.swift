@@ -92,16 +92,10 @@ struct Checkpoint {
             throw CommandError(path: path, error.description)
         }
         let entries = imported.map { name, value in
-            switch value {
-            case .plain(let tensor):
-                return CheckpointEntry(
-                    name: name, dtype: tensor.dtype, shape: tensor.shape, quantization: nil, storedBytes: tensor.byteCount
-                ) { value }
-            case .quantized(let q):
-                return CheckpointEntry(
-                    name: name, dtype: q.originalDType, shape: q.shape, quantization: describe(q), storedBytes: q.storedBytes
-                ) { value }
-            }
+            let quantization: String? = if case .quantized(let q) = value { describe(q) } else { nil }
+            return CheckpointEntry(
+                name: name, dtype: value.dtype, shape: value.shape, quantization: quantization, storedBytes: value.storedBytes
+            ) { value }
         }
         return Checkpoint(
             format: .bitsandbytes, path: path, entries: entries, metadata: tensors.metadata,

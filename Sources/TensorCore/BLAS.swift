@@ -58,8 +58,6 @@ public struct MutableMatrixView {
         precondition(range.lowerBound >= 0 && range.upperBound <= rows)
         return MutableMatrixView(base + range.lowerBound * rowStride, rows: range.count, columns: columns, rowStride: rowStride)
     }
-
-    public var view: MatrixView { MatrixView(base, rows: rows, columns: columns, rowStride: rowStride) }
 }
 
 /// Matrix products: the only code in qtool that calls OpenBLAS.
@@ -86,16 +84,8 @@ public enum BLAS {
             }
             return
         }
-        let rowsPerTask = rowsPerTask(rows: c.rows)
-        if threads <= 1 || rowsPerTask >= c.rows {
-            for first in stride(from: 0, to: c.rows, by: rowsPerTask) {
-                let range = first..<min(c.rows, first + rowsPerTask)
-                sgemm(a.rows(range), b, c.rows(range), scale: scale, accumulate: accumulate)
-            }
-            return
-        }
         let shared = SendableProduct(a: a, b: b, c: c)
-        parallelForChunks(count: c.rows, chunk: rowsPerTask, threads: threads) { range in
+        parallelForChunks(count: c.rows, chunk: rowsPerTask(rows: c.rows), threads: threads) { range in
             sgemm(shared.a.rows(range), shared.b, shared.c.rows(range), scale: scale, accumulate: accumulate)
         }
     }

@@ -75,19 +75,17 @@ public final class MappedFile: @unchecked Sendable {
 
     /// Maps every page of `range` in one call (MADV_POPULATE_READ, Linux 5.14), where touching
     /// them would take a page fault each; a kernel without it leaves them to fault as before.
-    public func populate(_ range: Range<Int>) {
-        guard let base, !range.isEmpty else { return }
-        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
-        let start = range.lowerBound / page * page
-        _ = madvise(UnsafeMutableRawPointer(mutating: base + start), range.upperBound - start, 22 /* MADV_POPULATE_READ */)
-    }
+    public func populate(_ range: Range<Int>) { advise(range, 22 /* MADV_POPULATE_READ */) }
 
     /// Asks the kernel to read `range` ahead of use.
-    public func prefetch(_ range: Range<Int>) {
+    public func prefetch(_ range: Range<Int>) { advise(range, MADV_WILLNEED) }
+
+    /// `madvise` over the pages that hold `range` (from the page its first byte is on).
+    private func advise(_ range: Range<Int>, _ advice: Int32) {
         guard let base, !range.isEmpty else { return }
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))
         let start = range.lowerBound / page * page
-        _ = madvise(UnsafeMutableRawPointer(mutating: base + start), range.upperBound - start, MADV_WILLNEED)
+        _ = madvise(UnsafeMutableRawPointer(mutating: base + start), range.upperBound - start, advice)
     }
 }
 

@@ -140,6 +140,7 @@ public struct Tensor: TensorPayload {
             repeat {
                 let end = min(range.upperBound, start + step)
                 file.prefetch(end..<min(range.upperBound, end + step))
+                file.populate(start..<end)
                 try file.withBytes(in: start..<end, sink)
                 file.releasePages(start..<end)
                 start = end

@@ -163,8 +163,21 @@ def merge_case(args, work, env):
     outputs = (work / "qm", work / "pm")
     q, p = best_of(args.repeat, [args.qtool, "merge", str(base), "--adapter", str(adapter), "-o", str(outputs[0]), "--quiet"],
                    [PY, str(ROOT / "Benchmarks/peer_merge.py"), str(base), str(adapter), str(outputs[1]), "500MB"], env, outputs)
+    # The same merge on OpenBLAS's generic kernel (what Debian's OpenBLAS picks by itself on CPUs
+    # it does not know), alternating with the kernel qtool chooses: the gain of that choice.
+    qcmd = [args.qtool, "merge", str(base), "--adapter", str(adapter), "-o", str(outputs[0]), "--quiet"]
+    own, generic = q["wall"], None
+    for _ in range(args.repeat):
+        for pinned in (None, "Prescott"):
+            remove(*outputs)
+            wall, _, _ = run(qcmd, env if pinned is None else dict(env, OPENBLAS_CORETYPE=pinned))
+            if pinned is None:
+                own = min(own, wall)
+            else:
+                generic = wall if generic is None else min(generic, wall)
     remove(*outputs)
     return {"case": "merge r=16 all-linear", "input_bytes": size, "largest_shard": largest,
+            "qtool_own_kernel_seconds": own, "qtool_generic_kernel_seconds": generic,
             "qtool_seconds": q["wall"], "qtool_peak_rss": q["rss"], "peer_seconds": p["wall"],
             "peer_inprocess_seconds": p["inproc"], "peer_peak_rss": p["rss"],
             "speedup_vs_peer_process": p["wall"] / q["wall"], "speedup_vs_peer_inprocess": p["inproc"] / q["wall"]}
@@ -368,6 +381,9 @@ def main():
           f"merge: {fmt_bytes(m['input_bytes'])} bf16 Llama in {fmt_bytes(m['largest_shard'])} shards, r=16 PEFT adapter "
           f"on every linear layer; peer: transformers + PEFT load, merge_and_unload, save_pretrained")
     print(f"RSS bound for merge (largest shard + 256 MB): {fmt_bytes(m['largest_shard'] + 256e6)}")
+    print(f"merge on the kernel qtool chooses: {m['qtool_own_kernel_seconds']:.3f} s; on the generic kernel "
+          f"(OPENBLAS_CORETYPE=Prescott): {m['qtool_generic_kernel_seconds']:.3f} s; "
+          f"{m['qtool_generic_kernel_seconds'] / m['qtool_own_kernel_seconds']:.2f}× faster")
     h = hdf5_case(args, work, env)
     table(f"{'case':22} {'qtool s':>8} {'GB/s':>6} {'peak RSS':>9} | {'peer s':>7} {'GB/s':>6} {'process s':>9} {'peak RSS':>9} | {'× peer':>6} {'× process':>9}",
           [f"{h['case']:22} {h['qtool_seconds']:8.3f} {h['qtool_gbps']:6.2f} {fmt_bytes(h['qtool_peak_rss']):>9} | "

@@ -9,13 +9,15 @@
 #include <cpuid.h>
 #endif
 
-// OpenBLAS's public calls, and the two of its dynamic-arch loader (exported by every
-// DYNAMIC_ARCH build, absent from a single-kernel build: weak, so that build still links).
+// OpenBLAS's public calls; the two of its dynamic-arch loader (exported by every DYNAMIC_ARCH
+// build, absent from a single-kernel build); and the stop of its thread pool (exported by the
+// pthreads build, which its own fork handler uses). Weak, so any build still links.
 extern char *openblas_get_corename(void);
 extern char *openblas_get_config(void);
 extern void openblas_set_num_threads(int);
 extern void gotoblas_dynamic_init(void) __attribute__((weak));
 extern void gotoblas_dynamic_quit(void) __attribute__((weak));
+extern int blas_thread_shutdown_(void) __attribute__((weak));
 
 void qtool_cpu_read(struct qtool_cpu_features *f) {
     memset(f, 0, sizeof *f);
@@ -85,7 +87,11 @@ static int kernel_source = QTOOL_KERNEL_OPENBLAS;
 
 __attribute__((constructor)) static void qtool_choose_blas_kernel(void) {
     // The threading rule lives in the Swift BLAS layer; OpenBLAS itself never splits a call.
+    // Its thread pool, started by its own constructor unless OPENBLAS_NUM_THREADS=1, is stopped:
+    // qtool never hands it work, its threads spin for a while after start, and the reload below
+    // is not safe while they run (a race that crashed about one start in thirty).
     openblas_set_num_threads(1);
+    if (blas_thread_shutdown_) blas_thread_shutdown_();
     strncpy(kernel_at_load, openblas_get_corename(), sizeof kernel_at_load - 1);
     const char *user = getenv("OPENBLAS_CORETYPE");
     if (user && *user) {
@@ -110,7 +116,7 @@ __attribute__((constructor)) static void qtool_choose_blas_kernel(void) {
     }
     if (!fits || tier_of_kernel(kernel_at_load) >= tier) return;
     // OpenBLAS's loader reads OPENBLAS_CORETYPE; set it for the reload only. This runs before
-    // main, on the only thread that reads the environment.
+    // main, on the only thread left (the pool is stopped above).
     setenv("OPENBLAS_CORETYPE", fits, 1);
     gotoblas_dynamic_quit();
     gotoblas_dynamic_init();

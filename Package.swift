@@ -35,10 +35,12 @@ let package = Package(
         .target(name: "CProcess"),
         // cpuid/xgetbv, and the OpenBLAS kernel that fits the CPU, chosen before main.
         .target(name: "CBLASKernel", dependencies: ["COpenBLAS"]),
+        // The 4-bit quantizer's AVX-512 block kernel, chosen at run time.
+        .target(name: "CQuantKernel"),
 
         .target(name: "TensorCore", dependencies: ["COpenBLAS", "CBLASKernel", "CProcess"], swiftSettings: kernelSettings),
         .target(name: "SafetensorsFormat", dependencies: ["TensorCore"]),
-        .target(name: "Quantization", dependencies: ["TensorCore"], swiftSettings: kernelSettings),
+        .target(name: "Quantization", dependencies: ["TensorCore", "CQuantKernel"], swiftSettings: kernelSettings),
         .target(name: "NF4Format", dependencies: ["TensorCore", "CZstd"]),
         .target(name: "HDF5Format", dependencies: ["TensorCore", "CHDF5"]),
         .target(name: "LoRAMerge", dependencies: ["TensorCore"], swiftSettings: kernelSettings),

@@ -82,6 +82,8 @@ static int tier_of_kernel(const char *name) {
     return 0;
 }
 
+extern char **environ;
+
 static char kernel_at_load[32];
 static int kernel_source = QTOOL_KERNEL_OPENBLAS;
 
@@ -116,11 +118,15 @@ __attribute__((constructor)) static void qtool_choose_blas_kernel(void) {
     }
     if (!fits || tier_of_kernel(kernel_at_load) >= tier) return;
     // OpenBLAS's loader reads OPENBLAS_CORETYPE; set it for the reload only. This runs before
-    // main, on the only thread left (the pool is stopped above).
+    // main, on the only thread left (the pool is stopped above). setenv moves `environ` to a
+    // new array, and the Swift runtime finds argv by walking back from `environ` (in a static
+    // binary its constructor may run after this one), so the original array is put back.
+    char **original = environ;
     setenv("OPENBLAS_CORETYPE", fits, 1);
     gotoblas_dynamic_quit();
     gotoblas_dynamic_init();
     unsetenv("OPENBLAS_CORETYPE");
+    environ = original;
     kernel_source = QTOOL_KERNEL_SWITCHED;
 }
 

@@ -43,6 +43,9 @@ struct CheckpointWriter {
     var castDType: DType? = nil
     /// zstd level for .nf4 sections; nil stores them uncompressed.
     var compressionLevel: Int32? = nil
+    /// Items produced at once ahead of the .nf4 writer (above one, `produce` runs concurrently
+    /// with itself).
+    var producedAhead = 1
     let progress: ProgressBar
 
     /// Writes `names.count` tensors, asking `produce` for each in order; returns the files written.
@@ -86,8 +89,8 @@ struct CheckpointWriter {
     private func writeNF4(_ path: String, names: [String], produce: @escaping (Int) throws -> OutputItem) throws -> [String] {
         let writer = try NF4Writer(path: path, compressionLevel: compressionLevel, metadata: metadata)
         do {
-            // While tensor i is written, tensor i + 1 is produced (quantized) on another thread.
-            let pipeline = Prefetcher(count: names.count, produce: produce)
+            // While tensor i is written, the next ones are produced (quantized) on other threads.
+            let pipeline = Prefetcher(count: names.count, depth: producedAhead, produce: produce)
             for (index, name) in names.enumerated() {
                 switch try pipeline.item(index) {
                 case .quantized(let q): try writer.addQuantized(name: name, q)
@@ -229,40 +232,58 @@ enum ConfigFile {
     }
 }
 
-/// Produces items one ahead of their consumer, on a background thread: `item(i)` returns item i
-/// and starts item i + 1. Items are produced one at a time and in order, so `produce` needs no
-/// locking of its own state.
+/// Produces the items of a checkpoint ahead of the writer: while item i is written, items
+/// i + 1 ... i + depth are produced on other threads. Items are handed out in order; the first
+/// failure, in order, is the one thrown. With a depth above one, `produce` runs concurrently
+/// with itself and must be safe to.
 final class Prefetcher: @unchecked Sendable {
-    private let count: Int
-    private let produce: (Int) throws -> OutputItem
-    private var pending: (index: Int, done: DispatchSemaphore)?
-    private var result: Result<OutputItem, any Error>?
-    private let queue = DispatchQueue(label: "qtool.prefetch")
+    private final class Slot: @unchecked Sendable {
+        let done = DispatchSemaphore(value: 0)
+        var result: Result<OutputItem, any Error>?
+    }
 
-    init(count: Int, produce: @escaping (Int) throws -> OutputItem) {
+    private let count: Int
+    private let depth: Int
+    private let produce: (Int) throws -> OutputItem
+    private var slots: [Int: Slot] = [:]
+    /// The next index not yet started.
+    private var next = 0
+    private let queue = DispatchQueue(label: "qtool.prefetch", attributes: .concurrent)
+
+    init(count: Int, depth: Int = 1, produce: @escaping (Int) throws -> OutputItem) {
         self.count = count
+        self.depth = max(1, depth)
         self.produce = produce
+    }
+
+    private func start(upTo end: Int) {
+        while next < min(count, end) {
+            let slot = Slot()
+            let index = next
+            slots[index] = slot
+            queue.async { [self] in
+                slot.result = Result { try produce(index) }
+                slot.done.signal()
+            }
+            next += 1
+        }
     }
 
     func item(_ index: Int) throws -> OutputItem {
         let current: Result<OutputItem, any Error>
-        if let pending, pending.index == index {
-            pending.done.wait()
-            current = result!
+        if let slot = slots.removeValue(forKey: index) {
+            slot.done.wait()
+            current = slot.result!
+        } else if depth > 1 && index == next {
+            start(upTo: index + depth)
+            return try item(index)
         } else {
             current = Result { try produce(index) }
+            next = max(next, index + 1)
         }
-        pending = nil
-        if case .success = current, index + 1 < count {
-            let done = DispatchSemaphore(value: 0)
-            pending = (index + 1, done)
-            queue.async { [self] in
-                result = Result { try produce(index + 1) }
-                done.signal()
-            }
-        }
+        if case .success = current { start(upTo: index + 1 + depth) }
         return try current.get()
     }
 
-    deinit { pending?.done.wait() }
+    deinit { for slot in slots.values { slot.done.wait() } }
 }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Synchronization
 import Quantization
 import SafetensorsFormat
 import TensorCore
@@ -110,23 +111,25 @@ struct QuantizeCommand: ParsableCommand {
         }
         var writer = CheckpointWriter(target: target, metadata: checkpoint.metadata, companions: checkpoint.companions, progress: progress)
         writer.compressionLevel = compress.flatMap(Self.compressionLevel)
-        var quantizedCount = 0
-        var parameters = 0
-        var originalBytes = 0
-        var storedBytes = 0
+        // Tensors are quantized a few at once (each is the same whatever its neighbours), except
+        // when --error measures them: its sums are added in tensor order.
+        writer.producedAhead = error ? 1 : max(1, ParallelismSettings.threadCount)
+        let totals = Mutex(QuantizeTotals())
         var errorStats = QuantizationErrorStats()
         let written = try writer.write(names: checkpoint.entries.map(\.name)) { index in
             let entry = checkpoint.entries[index]
-            parameters += entry.shape.elementCount
-            originalBytes += entry.shape.elementCount * entry.dtype.bitSize / 8
+            totals.withLock {
+                $0.parameters += entry.shape.elementCount
+                $0.originalBytes += entry.shape.elementCount * entry.dtype.bitSize / 8
+            }
             switch try entry.load() {
             case .quantized(let q):
-                storedBytes += q.storedBytes
+                totals.withLock { $0.storedBytes += q.storedBytes }
                 progress.advance(by: entry.storedBytes)
                 return .quantized(q)
             case .plain(let tensor):
                 guard selection.shouldQuantize(name: entry.name, dtype: tensor.dtype, shape: tensor.shape) else {
-                    storedBytes += tensor.byteCount
+                    totals.withLock { $0.storedBytes += tensor.byteCount }
                     return .plain(tensor)
                 }
                 let q: QuantizedTensor
@@ -135,13 +138,21 @@ struct QuantizeCommand: ParsableCommand {
                 } catch {
                     throw CommandError(path: input, "tensor '\(entry.name)' \(error)")
                 }
-                if error { errorStats.add(source: tensor, quantized: q) }
-                tensor.releaseResidentPages()
-                quantizedCount += 1
-                storedBytes += q.storedBytes
+                if error {
+                    // Measuring reads the source again; quantizing gave its pages back as it went.
+                    errorStats.add(source: tensor, quantized: q)
+                    tensor.releaseResidentPages()
+                }
+                totals.withLock {
+                    $0.quantizedCount += 1
+                    $0.storedBytes += q.storedBytes
+                }
                 progress.advance(by: tensor.byteCount)
                 return .quantized(q)
             }
+        }
+        let (quantizedCount, parameters, originalBytes, storedBytes) = totals.withLock {
+            ($0.quantizedCount, $0.parameters, $0.originalBytes, $0.storedBytes)
         }
         progress.finish()
         let seconds = Date().timeIntervalSince(started)
@@ -176,6 +187,14 @@ struct QuantizeCommand: ParsableCommand {
     }
 }
 
+/// What a quantize run counts as it goes (tensors are produced on several threads).
+struct QuantizeTotals {
+    var quantizedCount = 0
+    var parameters = 0
+    var originalBytes = 0
+    var storedBytes = 0
+}
+
 /// How far 4-bit weights are from their source, over every quantized tensor.
 /// `--error`: the 4-bit weights against the source, as one `TensorComparison`.
 struct QuantizationErrorStats {
@@ -185,21 +204,17 @@ struct QuantizationErrorStats {
     /// does), so measuring holds no tensor whole.
     mutating func add(source: Tensor, quantized: QuantizedTensor) {
         guard let widened = CastTensor(source, to: .f32) else { return }
-        let scales = quantized.blockScales()
-        let negativeZero = (quantized.shape.dimensions.last ?? 1) % 2 == 0
-        // 2^20 elements a chunk: a whole number of blocks of every block size.
+        let dequantizer = Dequantizer(quantized)
+        // 2^20 elements a chunk.
         var restored = [Float](repeating: 0, count: 1 << 20)
         var index = 0
         try? widened.stream(chunkBytes: 4 << 20) { piece in
             let values = piece.bindMemory(to: Float.self)
-            let first = index / quantized.blocksize
-            let last = (index + values.count + quantized.blocksize - 1) / quantized.blocksize
             restored.withUnsafeMutableBytes { out in
                 quantized.packed.withBytes { packed in
-                    Dequantizer.dequantize(
-                        packed: packed.baseAddress! + index / 2, absmax: scales[first..<last], count: values.count,
-                        blocksize: quantized.blocksize, type: quantized.quantType, fp4NegativeZero: negativeZero,
-                        into: out.baseAddress!, dtype: .f32)
+                    dequantizer.decodeInParallel(
+                        index..<(index + values.count), packed: packed.baseAddress!, into: out.baseAddress!, dtype: .f32,
+                        threads: ParallelismSettings.threadCount)
                 }
             }
             restored.withUnsafeBufferPointer {

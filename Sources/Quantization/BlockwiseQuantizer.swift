@@ -1,3 +1,4 @@
+import CQuantKernel
 import Synchronization
 import TensorCore
 
@@ -96,7 +97,8 @@ public enum BlockwiseQuantizer {
     /// The fast kernel: SIMD over each block, blocks in parallel (a fixed split, so the result
     /// does not depend on the thread count). `source` holds `count` elements of `dtype`.
     public static func quantize(
-        _ source: UnsafeRawPointer, dtype: DType, count n: Int, blocksize: Int, type: QuantType, threads: Int = 1
+        _ source: UnsafeRawPointer, dtype: DType, count n: Int, blocksize: Int, type: QuantType, threads: Int = 1,
+        variant: Variant = .fastest
     ) throws(QuantizationError) -> BlockwiseQuantization {
         try checkBlocksize(blocksize)
         var packed = [UInt8](repeating: 0, count: (n + 1) / 2)
@@ -106,7 +108,7 @@ public enum BlockwiseQuantizer {
                 Result { () throws(QuantizationError) in
                     try quantize(
                         source, dtype: dtype, count: n, blocksize: blocksize, type: type, codes: codes.baseAddress,
-                        scales: scales.baseAddress, threads: threads)
+                        scales: scales.baseAddress, threads: threads, variant: variant)
                 }
             }
         }
@@ -118,7 +120,7 @@ public enum BlockwiseQuantizer {
     /// block, so a streaming caller fills its result in place.
     public static func quantize(
         _ source: UnsafeRawPointer, dtype: DType, count n: Int, blocksize: Int, type: QuantType,
-        codes: UnsafeMutableRawPointer?, scales: UnsafeMutablePointer<Float>?, threads: Int
+        codes: UnsafeMutableRawPointer?, scales: UnsafeMutablePointer<Float>?, threads: Int, variant: Variant = .fastest
     ) throws(QuantizationError) {
         try checkBlocksize(blocksize)
         guard [.f32, .f16, .bf16, .f64].contains(dtype) else { throw .unsupportedDType(dtype) }
@@ -129,14 +131,30 @@ public enum BlockwiseQuantizer {
         let out = SendableMutableRawPointer(codes)
         let scaleOut = SendableMutableRawPointer(UnsafeMutableRawPointer(scales))
         let kernel = Kernel(type: type)
+        let cells = variant == .avx512 && (dtype == .bf16 || dtype == .f32) ? CellTables.of(type) : nil
         // About 64 KiB of input per task. Full blocks of f32 and bf16 are read in place;
         // other types, and the last partial block, are widened into a scratch block first.
         let blocksPerTask = max(1, 16384 / blocksize)
         parallelForChunks(count: blocks, chunk: blocksPerTask, threads: threads) { blockRange in
+            let codes = out.raw.assumingMemoryBound(to: UInt8.self)
+            let scales = scaleOut.raw.assumingMemoryBound(to: Float.self)
+            var portable = blockRange
+            if var tables = cells?.tables {
+                // The AVX-512 kernel takes the full blocks; a block it finds NaN or infinity in
+                // is left to the portable loop below, which reports the element.
+                let full = blockRange.lowerBound..<min(blockRange.upperBound, n / blocksize)
+                let width = dtype == .bf16 ? 2 : 4
+                let refused = qtool_q4_quantize_avx512(
+                    input.raw + full.lowerBound * blocksize * width, dtype == .bf16 ? 1 : 0, full.count, blocksize, &tables,
+                    codes + full.lowerBound * blocksize / 2, scales + full.lowerBound)
+                if refused > 0, let bad = full.first(where: { scales[$0].isNaN }) {
+                    portable = bad..<bad + 1
+                } else {
+                    portable = full.upperBound..<blockRange.upperBound
+                }
+            }
             withUnsafeTemporaryAllocation(of: Float.self, capacity: blocksize) { temp in
-                let codes = out.raw.assumingMemoryBound(to: UInt8.self)
-                let scales = scaleOut.raw.assumingMemoryBound(to: Float.self)
-                for block in blockRange {
+                for block in portable {
                     let start = block * blocksize
                     let length = min(blocksize, n - start)
                     let scale: Float?
@@ -163,6 +181,56 @@ public enum BlockwiseQuantizer {
             }
         }
         if let bad = firstBad.value { throw .nonFinite(elementIndex: bad) }
+    }
+
+    /// Which block kernel runs: the portable SIMD8 one (AVX2 on x86-64), or the AVX-512 one in
+    /// CQuantKernel where the CPU and the OS run it. Both give the same bits.
+    public enum Variant: Sendable {
+        case portable
+        case avx512
+
+        /// The AVX-512 kernel needs F, BW, VL and DQ.
+        public static let fastest: Variant = {
+            let features = CPUInfo.current.features
+            return ["avx512f", "avx512bw", "avx512vl", "avx512dq"].allSatisfy(features.contains) ? .avx512 : .portable
+        }()
+    }
+
+    /// The AVX-512 kernel's tables (see CQuantKernel.h): 32 cells over [-1, 1], the number of
+    /// midpoints before each cell and the one midpoint inside it. Built with the kernel's own
+    /// cell arithmetic; nil when some cell would hold two midpoints (FP4's three midpoints
+    /// around zero), and that type keeps the portable kernel.
+    struct CellTables {
+        var tables: qtool_q4_tables
+
+        /// `clamp(trunc(16 v + 16), 0, 31)` with one rounding, as the kernel's fused multiply-add.
+        static func cell(_ v: Float) -> Int {
+            min(max(Int(Float(16).addingProduct(v, 16).rounded(.towardZero)), 0), 31)
+        }
+
+        static func of(_ type: QuantType) -> CellTables? {
+            type == .nf4 ? nf4 : fp4
+        }
+        private static let nf4 = CellTables(type: .nf4)
+        private static let fp4 = CellTables(type: .fp4)
+
+        init?(type: QuantType) {
+            var below = [Int32](repeating: 0, count: 32)
+            var midpoint = [Float](repeating: .infinity, count: 32)
+            for m in type.midpoints {
+                let cell = Self.cell(m)
+                guard midpoint[cell] == .infinity else { return nil }
+                midpoint[cell] = m
+                for later in (cell + 1)..<32 { below[later] += 1 }
+            }
+            var tables = qtool_q4_tables()
+            let order = type.order.map { Int32($0) }
+            below.withUnsafeBytes { source in withUnsafeMutableBytes(of: &tables.below) { $0.copyMemory(from: source) } }
+            midpoint.withUnsafeBytes { source in withUnsafeMutableBytes(of: &tables.midpoint) { $0.copyMemory(from: source) } }
+            order.withUnsafeBytes { source in withUnsafeMutableBytes(of: &tables.order) { $0.copyMemory(from: source) } }
+            tables.reorder = order == (0..<16).map { Int32($0) } ? 0 : 1
+            self.tables = tables
+        }
     }
 
     /// Block kernels with the midpoints held in vectors. It holds no references, so passing it

@@ -2,70 +2,124 @@ import TensorCore
 
 /// 4-bit codes back to floats, as bitsandbytes' `dequantize_4bit`: `code[q] * absmax[block]` in
 /// float32, then rounded to the output type (nearest even).
-public enum Dequantizer {
-    /// Writes the `shape.elementCount` values of `dtype` (f32, f16 or bf16) to `destination`.
-    ///
-    /// bitsandbytes dequantizes a tensor whose last dimension is even with its C kernel, whose FP4
-    /// table has -0.0 for code 8, and other tensors with torch, whose table has +0.0; the shape
-    /// picks the table here too.
-    public static func dequantize(
-        packed: UnsafeRawPointer, absmax: [Float], shape: Shape, blocksize: Int, type: QuantType,
-        into destination: UnsafeMutableRawPointer, dtype: DType
-    ) {
-        dequantize(
-            packed: packed, absmax: absmax[...], count: shape.elementCount, blocksize: blocksize, type: type,
-            fp4NegativeZero: (shape.dimensions.last ?? 1) % 2 == 0, into: destination, dtype: dtype)
-    }
+///
+/// A dequantizer holds what decoding a tensor needs, made once per tensor: its float32 block
+/// scales (double quantization undone) and a table of both nibbles of every byte. `decode` is
+/// the single-threaded kernel over any range of elements (a range of rows for the forward pass,
+/// which runs it inside its own parallel loop); `decodeInParallel` is the driver that splits a
+/// range over threads. No kernel starts a parallel loop of its own.
+///
+/// bitsandbytes dequantizes a tensor whose last dimension is even with its C kernel, whose FP4
+/// table has -0.0 for code 8, and other tensors with torch, whose table has +0.0; the shape picks
+/// the table here too.
+public struct Dequantizer: Sendable {
+    public let type: QuantType
+    public let blocksize: Int
+    public let count: Int
+    let scales: [Float]
+    let code: [Float]
+    /// `pairs[byte]` is the value of its high nibble and of its low nibble.
+    let pairs: [SIMD2<Float>]
 
-    /// Dequantizes `count` elements that start on a block boundary: `packed` points at their first
-    /// byte and `absmax` holds their blocks' scales.
-    public static func dequantize(
-        packed: UnsafeRawPointer, absmax: ArraySlice<Float>, count n: Int, blocksize: Int, type: QuantType,
-        fp4NegativeZero: Bool, into destination: UnsafeMutableRawPointer, dtype: DType, threads: Int = ParallelismSettings.threadCount
-    ) {
-        let absmax = Array(absmax)
+    /// Elements each task of the parallel driver takes: a whole number of blocks of every block
+    /// size, fixed, so the split never depends on the thread count.
+    static let taskElements = 32768
+
+    public init(scales: [Float], count: Int, blocksize: Int, type: QuantType, fp4NegativeZero: Bool) {
+        precondition(scales.count == (count + blocksize - 1) / blocksize, "one scale a block")
         var table = type.code
         if type == .fp4 && fp4NegativeZero { table[8] = -0.0 }
         let code = table
-        let blocks = (n + blocksize - 1) / blocksize
-        let input = SendableRawPointer(packed)
-        let output = SendableMutableRawPointer(destination)
-        // A table of both nibbles of every byte keeps the inner loop to loads and multiplies.
-        let pairs: [SIMD2<Float>] = (0..<256).map { SIMD2(code[$0 >> 4], code[$0 & 15]) }
-        absmax.withUnsafeBufferPointer { scales in
-            pairs.withUnsafeBufferPointer { pairTable in
-                let scalePointer = SendableRawPointer(UnsafeRawPointer(scales.baseAddress!))
-                let table = SendableRawPointer(UnsafeRawPointer(pairTable.baseAddress!))
-                parallelForChunks(count: blocks, chunk: max(1, 32768 / blocksize), threads: threads) { blockRange in
-                    let bytes = input.raw.assumingMemoryBound(to: UInt8.self)
-                    let lookup = table.raw.assumingMemoryBound(to: SIMD2<Float>.self)
-                    let scaleOf = scalePointer.raw.assumingMemoryBound(to: Float.self)
-                    for block in blockRange {
-                        let start = block * blocksize
-                        let length = min(blocksize, n - start)
-                        let scale = SIMD8<Float>(repeating: scaleOf[block])
-                        let base = bytes + start / 2
-                        var i = 0
-                        // Eight values a step: four bytes, their pairs looked up, scaled, stored.
-                        while i + 8 <= length {
-                            let b = base + i / 2
-                            let (p0, p1, p2, p3) = (lookup[Int(b[0])], lookup[Int(b[1])], lookup[Int(b[2])], lookup[Int(b[3])])
-                            let v = SIMD8<Float>(p0[0], p0[1], p1[0], p1[1], p2[0], p2[1], p3[0], p3[1]) * scale
-                            store(v, dtype, output.raw, at: start + i)
-                            i += 8
-                        }
-                        while i < length {
-                            let byte = base[i / 2]
-                            let value = code[Int(i % 2 == 0 ? byte >> 4 : byte & 15)] * scale[0]
-                            withUnsafeTemporaryAllocation(of: Float.self, capacity: 1) { one in
-                                one[0] = value
-                                FloatConversion.encodeFromFloat32(one.baseAddress!, count: 1, into: output.raw, dtype, at: start + i)
-                            }
-                            i += 1
-                        }
+        self.type = type
+        self.blocksize = blocksize
+        self.count = count
+        self.scales = scales
+        self.code = code
+        pairs = (0..<256).map { SIMD2(code[$0 >> 4], code[$0 & 15]) }
+    }
+
+    /// The dequantizer of a stored 4-bit tensor (its scales decoded here, once).
+    public init(_ tensor: QuantizedTensor) {
+        self.init(
+            scales: tensor.blockScales(), count: tensor.elementCount, blocksize: tensor.blocksize, type: tensor.quantType,
+            fp4NegativeZero: Self.fp4NegativeZero(tensor.shape))
+    }
+
+    static func fp4NegativeZero(_ shape: Shape) -> Bool { (shape.dimensions.last ?? 1) % 2 == 0 }
+
+    /// Writes all `shape.elementCount` values as `dtype` (f32, f16 or bf16) to `destination`.
+    public static func dequantize(
+        packed: UnsafeRawPointer, absmax: [Float], shape: Shape, blocksize: Int, type: QuantType,
+        into destination: UnsafeMutableRawPointer, dtype: DType, threads: Int = ParallelismSettings.threadCount
+    ) {
+        let dequantizer = Dequantizer(
+            scales: absmax, count: shape.elementCount, blocksize: blocksize, type: type, fp4NegativeZero: fp4NegativeZero(shape))
+        dequantizer.decodeInParallel(0..<shape.elementCount, packed: packed, into: destination, dtype: dtype, threads: threads)
+    }
+
+    /// The kernel, on the calling thread: elements `range` (any start and end) of the tensor whose
+    /// codes start at `packed`, written as `dtype` from the start of `destination`.
+    public func decode(_ range: Range<Int>, packed: UnsafeRawPointer, into destination: UnsafeMutableRawPointer, dtype: DType) {
+        precondition(range.lowerBound >= 0 && range.upperBound <= count, "elements outside the tensor")
+        let bytes = packed.assumingMemoryBound(to: UInt8.self)
+        scales.withUnsafeBufferPointer { scales in
+            pairs.withUnsafeBufferPointer { lookup in
+                var i = range.lowerBound
+                while i < range.upperBound {
+                    let block = i / blocksize
+                    let blockEnd = min(range.upperBound, (block + 1) * blocksize)
+                    let scale = SIMD8<Float>(repeating: scales[block])
+                    // Blocks start on a byte; a range may start or end inside one.
+                    if i % 2 == 1 {
+                        storeOne(i, scale: scale[0], bytes, destination, dtype, at: i - range.lowerBound)
+                        i += 1
+                    }
+                    // Eight values a step: four bytes, their pairs looked up, scaled, stored.
+                    while i + 8 <= blockEnd {
+                        let b = bytes + i / 2
+                        let (p0, p1, p2, p3) = (lookup[Int(b[0])], lookup[Int(b[1])], lookup[Int(b[2])], lookup[Int(b[3])])
+                        let v = SIMD8<Float>(p0[0], p0[1], p1[0], p1[1], p2[0], p2[1], p3[0], p3[1]) * scale
+                        Self.store(v, dtype, destination, at: i - range.lowerBound)
+                        i += 8
+                    }
+                    while i < blockEnd {
+                        storeOne(i, scale: scale[0], bytes, destination, dtype, at: i - range.lowerBound)
+                        i += 1
                     }
                 }
             }
+        }
+    }
+
+    /// The driver: `range` split into fixed pieces of whole blocks, decoded on `threads` threads.
+    public func decodeInParallel(
+        _ range: Range<Int>, packed: UnsafeRawPointer, into destination: UnsafeMutableRawPointer, dtype: DType, threads: Int
+    ) {
+        let input = SendableRawPointer(packed)
+        let output = SendableMutableRawPointer(destination)
+        let width = dtype.bitSize / 8
+        let task = Self.taskElements
+        // Pieces end on multiples of `task` counted from the tensor's start.
+        let firstPiece = range.lowerBound / task
+        let pieces = range.isEmpty ? 0 : (range.upperBound - 1) / task - firstPiece + 1
+        parallelForChunks(count: pieces, chunk: 1, threads: threads) { chunk in
+            for piece in chunk {
+                let start = max(range.lowerBound, (firstPiece + piece) * task)
+                let end = min(range.upperBound, (firstPiece + piece + 1) * task)
+                decode(start..<end, packed: input.raw, into: output.raw + (start - range.lowerBound) * width, dtype: dtype)
+            }
+        }
+    }
+
+    @inline(__always)
+    private func storeOne(
+        _ index: Int, scale: Float, _ bytes: UnsafePointer<UInt8>, _ destination: UnsafeMutableRawPointer, _ dtype: DType, at position: Int
+    ) {
+        let byte = bytes[index / 2]
+        let value = code[Int(index % 2 == 0 ? byte >> 4 : byte & 15)] * scale
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: 1) { one in
+            one[0] = value
+            FloatConversion.encodeFromFloat32(one.baseAddress!, count: 1, into: destination, dtype, at: position)
         }
     }
 

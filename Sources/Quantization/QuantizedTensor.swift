@@ -42,18 +42,18 @@ extension QuantizedTensor {
     }
 
     /// The tensor back in `dtype`, produced a few megabytes at a time as it streams.
-    public func dequantizedPayload(to dtype: DType) -> DequantizedTensor {
-        DequantizedTensor(source: self, dtype: dtype)
+    public func dequantizedPayload(to dtype: DType, threads: Int = ParallelismSettings.threadCount) -> DequantizedTensor {
+        DequantizedTensor(source: self, dtype: dtype, threads: threads)
     }
 
     /// The tensor back in `dtype` (f32, f16 or bf16), as bitsandbytes' dequantize_4bit.
-    public func dequantized(to dtype: DType) -> Tensor {
+    public func dequantized(to dtype: DType, threads: Int = ParallelismSettings.threadCount) -> Tensor {
         let output = OwnedBytes(count: elementCount * dtype.bitSize / 8)
-        let scales = blockScales()
+        let dequantizer = Dequantizer(self)
         packed.withBytes { codes in
-            Dequantizer.dequantize(
-                packed: codes.baseAddress ?? UnsafeRawPointer(bitPattern: 8)!, absmax: scales, shape: shape, blocksize: blocksize,
-                type: quantType, into: output.buffer.baseAddress!, dtype: dtype)
+            dequantizer.decodeInParallel(
+                0..<elementCount, packed: codes.baseAddress ?? UnsafeRawPointer(bitPattern: 8)!, into: output.buffer.baseAddress!,
+                dtype: dtype, threads: threads)
         }
         // Codes mapped from a file have been read: their pages need not stay resident.
         packed.releaseResidentPages()
@@ -123,6 +123,7 @@ public enum Glob {
 public struct DequantizedTensor: TensorPayload {
     public let source: QuantizedTensor
     public let dtype: DType
+    public let threads: Int
 
     public var shape: Shape { source.shape }
     public var byteCount: Int { source.elementCount * dtype.bitSize / 8 }
@@ -130,26 +131,21 @@ public struct DequantizedTensor: TensorPayload {
     public func stream(chunkBytes: Int, into sink: (UnsafeRawBufferPointer) throws -> Void) throws {
         let n = source.elementCount
         let width = dtype.bitSize / 8
-        let blocksPerChunk = max(1, chunkBytes / (source.blocksize * width))
-        let output = OwnedBytes(count: min(n, blocksPerChunk * source.blocksize) * width)
-        let negativeZero = (source.shape.dimensions.last ?? 1) % 2 == 0
-        // Decoded here, not when the payload is made: a checkpoint's payloads are all made
-        // before the first is written.
-        let scales = source.blockScales()
+        let chunkElements = max(1, chunkBytes / (source.blocksize * width)) * source.blocksize
+        let output = OwnedBytes(count: min(n, chunkElements) * width)
+        // Made here, not when the payload is made: a checkpoint's payloads are all made before
+        // the first is written.
+        let dequantizer = Dequantizer(source)
         try source.packed.withBytes { packed in
-            var block = 0
-            while block < source.blockCount {
-                let lastBlock = min(source.blockCount, block + blocksPerChunk)
-                let start = block * source.blocksize
-                let count = min(n, lastBlock * source.blocksize) - start
-                Dequantizer.dequantize(
-                    packed: packed.baseAddress! + start / 2, absmax: scales[block..<lastBlock], count: count,
-                    blocksize: source.blocksize, type: source.quantType, fp4NegativeZero: negativeZero,
-                    into: output.buffer.baseAddress!, dtype: dtype)
-                try sink(UnsafeRawBufferPointer(start: output.buffer.baseAddress, count: count * width))
-                block = lastBlock
-            }
-            if n == 0 { try sink(UnsafeRawBufferPointer(start: output.buffer.baseAddress, count: 0)) }
+            var start = 0
+            repeat {
+                let end = min(n, start + chunkElements)
+                dequantizer.decodeInParallel(
+                    start..<end, packed: packed.baseAddress ?? UnsafeRawPointer(bitPattern: 8)!, into: output.buffer.baseAddress!,
+                    dtype: dtype, threads: threads)
+                try sink(UnsafeRawBufferPointer(start: output.buffer.baseAddress, count: (end - start) * width))
+                start = end
+            } while start < n
         }
         source.packed.releaseResidentPages()
     }
@@ -269,36 +265,32 @@ public struct StreamingQuantizer {
 /// widened to float32: what a merge starts from, without restoring the whole tensor.
 public struct QuantizedRows: FloatRowSource {
     public let source: QuantizedTensor
-    private let scales: [Float]
+    private let dequantizer: Dequantizer
 
     public init(_ source: QuantizedTensor) {
         self.source = source
-        scales = source.blockScales()
+        dequantizer = Dequantizer(source)
     }
 
     /// The type the values are rounded to: the original one (float32 for an f64 original).
     public var dtype: DType { source.originalDType == .f64 ? .f32 : source.originalDType }
     public var shape: Shape { source.shape }
 
+    /// One thread: callers already run in parallel over rows.
     public func widenRows(_ rows: Range<Int>, columns: Int, into values: UnsafeMutablePointer<Float>) {
-        let first = rows.lowerBound * columns, end = rows.upperBound * columns
-        guard end > first else { return }
-        // Whole blocks from the one holding the first element: the dequantizer starts on a block.
-        let blocksize = source.blocksize
-        let blockStart = first / blocksize * blocksize
-        let count = end - blockStart
-        let width = dtype.bitSize / 8
-        let restored = UnsafeMutableRawPointer.allocate(byteCount: count * width, alignment: 64)
-        defer { restored.deallocate() }
+        let elements = (rows.lowerBound * columns)..<(rows.upperBound * columns)
+        guard !elements.isEmpty else { return }
         source.packed.withBytes { packed in
-            // Callers already run in parallel over rows: one thread here.
-            Dequantizer.dequantize(
-                packed: packed.baseAddress! + blockStart / 2,
-                absmax: scales[(blockStart / blocksize)..<((end + blocksize - 1) / blocksize)],
-                count: count, blocksize: blocksize, type: source.quantType,
-                fp4NegativeZero: (source.shape.dimensions.last ?? 1) % 2 == 0, into: restored, dtype: dtype, threads: 1)
+            if dtype == .f32 {
+                dequantizer.decode(elements, packed: packed.baseAddress!, into: values, dtype: .f32)
+                return
+            }
+            let width = dtype.bitSize / 8
+            let restored = UnsafeMutableRawPointer.allocate(byteCount: elements.count * width, alignment: 64)
+            defer { restored.deallocate() }
+            dequantizer.decode(elements, packed: packed.baseAddress!, into: restored, dtype: dtype)
+            FloatConversion.decodeToFloat32(restored, dtype, from: 0, count: elements.count, into: values)
         }
-        FloatConversion.decodeToFloat32(restored, dtype, from: first - blockStart, count: end - first, into: values)
     }
 
     public func releaseRows(_ rows: Range<Int>, columns: Int) {

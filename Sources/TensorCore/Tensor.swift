@@ -3,6 +3,7 @@
 #elseif canImport(Darwin)
     import Darwin
 #endif
+import Synchronization
 
 /// Bytes owned by a tensor, allocated once and freed with it.
 ///
@@ -11,6 +12,8 @@
 /// allocations in between, fragments it, and a model's worth of freed buffers stays resident.
 public final class OwnedBytes: @unchecked Sendable {
     public let buffer: UnsafeMutableRawBufferPointer
+    /// What was allocated (at least `buffer`): a recycled buffer may be larger.
+    private let allocation: UnsafeMutableRawBufferPointer
     private let isMapped: Bool
     static let mappedFrom = 16 << 20
 
@@ -18,13 +21,18 @@ public final class OwnedBytes: @unchecked Sendable {
         if count >= Self.mappedFrom, let pointer = mmap(nil, count, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
             pointer != MAP_FAILED
         {
-            buffer = UnsafeMutableRawBufferPointer(start: pointer, count: count)
+            allocation = UnsafeMutableRawBufferPointer(start: pointer, count: count)
             isMapped = true
+        } else if let recycled = Recycler.take(count) {
+            allocation = recycled
+            isMapped = false
         } else {
-            buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(count, 1), alignment: 64)
-            if count == 0 { buffer.storeBytes(of: 0, as: UInt8.self) }
+            allocation = UnsafeMutableRawBufferPointer.allocate(byteCount: max(count, 1), alignment: 64)
+            if count == 0 { allocation.storeBytes(of: 0, as: UInt8.self) }
             isMapped = false
         }
+        // A recycled buffer is seen at the size asked for.
+        buffer = allocation.count > max(count, 1) ? UnsafeMutableRawBufferPointer(rebasing: allocation[0..<count]) : allocation
         self.count = count
     }
 
@@ -36,7 +44,44 @@ public final class OwnedBytes: @unchecked Sendable {
     public let count: Int
 
     deinit {
-        if isMapped { munmap(buffer.baseAddress, buffer.count) } else { buffer.deallocate() }
+        if isMapped {
+            munmap(allocation.baseAddress, allocation.count)
+        } else if !Recycler.give(allocation) {
+            allocation.deallocate()
+        }
+    }
+
+    /// Buffers of 1 to 16 MB given back by finished tensors (a tensor's 4-bit codes), kept for the
+    /// next tensor of about the same size: a stream of tensors then reuses a few buffers instead
+    /// of faulting fresh pages in for each (and unmapping them again). At most 32 MB are kept.
+    enum Recycler {
+        static let sizes = (1 << 20)..<OwnedBytes.mappedFrom
+        static let limit = 32 << 20
+        /// Start addresses and sizes (pointers are not Sendable).
+        private static let kept = Mutex<[(address: UInt, count: Int)]>([])
+
+        /// A kept buffer of at least `count` bytes and at most twice that, the smallest there is.
+        static func take(_ count: Int) -> UnsafeMutableRawBufferPointer? {
+            guard sizes.contains(count) else { return nil }
+            let found = kept.withLock { buffers -> (address: UInt, count: Int)? in
+                let fits = buffers.indices.filter { buffers[$0].count >= count && buffers[$0].count <= 2 * count }
+                guard let best = fits.min(by: { buffers[$0].count < buffers[$1].count }) else { return nil }
+                return buffers.remove(at: best)
+            }
+            guard let found else { return nil }
+            return UnsafeMutableRawBufferPointer(start: UnsafeMutableRawPointer(bitPattern: found.address), count: found.count)
+        }
+
+        /// Keeps `buffer` if there is room; false when the caller is to free it.
+        static func give(_ buffer: UnsafeMutableRawBufferPointer) -> Bool {
+            guard sizes.contains(buffer.count), let base = buffer.baseAddress else { return false }
+            let entry = (address: UInt(bitPattern: base), count: buffer.count)
+            return kept.withLock { buffers in
+                guard buffers.reduce(entry.count, { $0 + $1.count }) <= limit else { return false }
+                buffers.append(entry)
+                return true
+            }
+        }
     }
 }
 

@@ -22,13 +22,16 @@ struct QuantizerGoldenTests {
     static func bytes(_ name: String) -> [UInt8] { goldens[name]!.withBytes { Array($0) } }
     static func floats(_ name: String) -> [Float] { goldens[name]!.values(as: Float.self) }
 
-    static func quantize(_ key: String) throws -> BlockwiseQuantization {
+    static func quantize(_ key: String, variant: BlockwiseQuantizer.Variant = .fastest) throws -> BlockwiseQuantization {
         let (input, type, blocksize) = parse(key)
         return try input.withBytes { raw in
             try BlockwiseQuantizer.quantize(
-                raw.baseAddress!, dtype: input.dtype, count: input.elementCount, blocksize: blocksize, type: type)
+                raw.baseAddress!, dtype: input.dtype, count: input.elementCount, blocksize: blocksize, type: type, variant: variant)
         }
     }
+
+    /// The portable kernel, and the AVX-512 one where this CPU runs it.
+    static let variants: [BlockwiseQuantizer.Variant] = BlockwiseQuantizer.Variant.fastest == .avx512 ? [.portable, .avx512] : [.portable]
 
     @Test func everyCaseIsPresent() {
         #expect(Self.keys.count >= 60)
@@ -37,13 +40,15 @@ struct QuantizerGoldenTests {
 
     @Test(arguments: keys)
     func codesAndAbsmaxAreBitExact(_ key: String) throws {
-        let result = try Self.quantize(key)
-        let expected = Self.bytes(key + ".codes")
-        #expect(
-            result.packed == expected,
-            "codes: first differing byte \(String(describing: result.packed.indices.first { $0 >= expected.count || result.packed[$0] != expected[$0] }))"
-        )
-        #expect(result.absmax.map(\.bitPattern) == Self.floats(key + ".absmax").map(\.bitPattern), "absmax")
+        for variant in Self.variants {
+            let result = try Self.quantize(key, variant: variant)
+            let expected = Self.bytes(key + ".codes")
+            #expect(
+                result.packed == expected,
+                "\(variant) codes: first differing byte \(String(describing: result.packed.indices.first { $0 >= expected.count || result.packed[$0] != expected[$0] }))"
+            )
+            #expect(result.absmax.map(\.bitPattern) == Self.floats(key + ".absmax").map(\.bitPattern), "\(variant) absmax")
+        }
     }
 
     @Test(arguments: keys)

@@ -1,9 +1,4 @@
-import CHDF5
 import TensorCore
-
-#if canImport(Glibc)
-    import Glibc
-#endif
 
 /// An attribute of a group or dataset: numbers or strings, scalar or an array.
 public struct HDF5Attribute: Sendable, Equatable {
@@ -142,81 +137,75 @@ public struct HDF5Layout: Sendable, Equatable {
     }
 }
 
-/// Reading and writing attributes through libhdf5 (called with the library lock held).
+/// Reading and writing attributes through the wrappers of `HDF5`.
 enum HDF5Attributes {
     /// The attributes of `object`. One libhdf5 cannot read is an error (nothing is dropped
     /// silently); one of a type qtool does not carry (compound, reference, …) is skipped and
     /// listed in `skipped`. Every size is checked before anything is allocated for it.
-    static func read(_ object: hid_t, objectPath: String, file: String, skipped: inout [HDF5Skipped]) throws(HDF5Error) -> [HDF5Attribute] {
-        var info = H5O_info_t()
-        guard H5Oget_info2(object, &info, UInt32(H5O_INFO_NUM_ATTRS)) >= 0 else {
-            throw .cannotRead(path: file, object: objectPath, reason: HDF5.lastError())
+    static func read(_ object: HDF5Handle, objectPath: String, file: String, skipped: inout [HDF5Skipped]) throws(HDF5Error)
+        -> [HDF5Attribute]
+    {
+        let count = try HDF5.mapped({ .cannotRead(path: file, object: objectPath, reason: $0) }) { () throws(HDF5CallError) in
+            try HDF5.attributeCount(object)
         }
         var out: [HDF5Attribute] = []
-        for index in 0..<info.num_attrs {
-            let id = H5Aopen_by_idx(object, ".", H5_INDEX_NAME, H5_ITER_INC, index, HDF5.defaultProperties, HDF5.defaultProperties)
-            guard id >= 0 else { throw .cannotRead(path: file, object: "\(objectPath) attribute #\(index)", reason: HDF5.lastError()) }
-            let attribute = HDF5Handle(id, .attribute)
-            let nameLength = H5Aget_name(attribute.id, 0, nil)
-            guard nameLength >= 0, nameLength < 1 << 16 else {
+        for index in 0..<count {
+            let attribute = try HDF5.mapped({ .cannotRead(path: file, object: "\(objectPath) attribute #\(index)", reason: $0) }) {
+                () throws(HDF5CallError) in try HDF5.openAttribute(object, index)
+            }
+            guard let name = try? HDF5.attributeName(attribute) else {
                 throw .cannotRead(path: file, object: "\(objectPath) attribute #\(index)", reason: "its name cannot be read")
             }
-            var nameBuffer = [CChar](repeating: 0, count: Int(nameLength) + 1)
-            H5Aget_name(attribute.id, nameBuffer.count, &nameBuffer)
-            let name = HDF5.string(nameBuffer)
             let where_ = "\(objectPath) attribute '\(name)'"
             func fail(_ reason: String) -> HDF5Error { .cannotRead(path: file, object: where_, reason: reason) }
-            let type = HDF5Handle(H5Aget_type(attribute.id), .datatype)
-            let space = HDF5Handle(H5Aget_space(attribute.id), .dataspace)
-            guard type.id >= 0, space.id >= 0 else { throw fail(HDF5.lastError()) }
+            let (type, space, extent) = try HDF5.mapped(fail) { () throws(HDF5CallError) in
+                let (type, space) = (try HDF5.attributeType(attribute), try HDF5.space(ofAttribute: attribute))
+                return (type, space, try HDF5.extent(space))
+            }
             var shape: [Int] = []
-            switch H5Sget_simple_extent_type(space.id) {
-            case H5S_SIMPLE:
-                let rank = Int(H5Sget_simple_extent_ndims(space.id))
-                guard rank >= 0, rank <= 32 else { throw fail("a dataspace of rank \(rank)") }
-                var dims = [hsize_t](repeating: 0, count: rank)
-                H5Sget_simple_extent_dims(space.id, &dims, nil)
+            switch extent {
+            case .simple(let dims):
                 for dim in dims {
                     guard let value = Int(exactly: dim) else { throw fail("a dimension of \(dim)") }
                     shape.append(value)
                 }
-            case H5S_SCALAR: break
-            default:
+            case .scalar: break
+            case .null:
                 skipped.append(HDF5Skipped(kind: .attribute, path: objectPath, name: name, reason: "has no value (a null dataspace)"))
                 continue
             }
-            let elementSize = H5Tget_size(type.id)
+            let (elementSize, elementType) = try HDF5.mapped(fail) { () throws(HDF5CallError) in
+                (try HDF5.typeSize(type), try HDF5ElementType.of(type))
+            }
             guard let count = CheckedSize.product(shape), let bytes = CheckedSize.multiply(count, max(elementSize, 1)),
                 bytes <= HDF5Limits.maximumAttributeBytes
             else {
                 throw fail(
                     "declares shape \(shape) of \(elementSize)-byte values, over the limit of \(HDF5Limits.maximumAttributeBytes) bytes")
             }
-            switch HDF5ElementType.of(type.id) {
+            switch elementType {
             case .numeric(let dtype):
-                let memory = HDF5ElementType.memoryType(for: type.id, dtype: dtype)
-                let width = dtype.bitSize / 8
-                var values = [UInt8](repeating: 0, count: max(1, count * width))
-                guard H5Aread(attribute.id, memory.id, &values) >= 0 else { throw fail(HDF5.lastError()) }
+                var values = [UInt8](repeating: 0, count: max(1, count * dtype.bitSize / 8))
+                try HDF5.mapped(fail) { () throws(HDF5CallError) in
+                    try HDF5.read(attribute: attribute, as: try HDF5ElementType.memoryType(for: type, dtype: dtype), into: &values)
+                }
                 out.append(
                     HDF5Attribute(name: name, shape: shape, values: .numbers(dtype, numberTexts(values, dtype: dtype, count: count))))
             case .string:
-                let utf8 = H5Tget_cset(type.id) == H5T_CSET_UTF8
-                if H5Tis_variable_str(type.id) > 0 {
-                    let memory = HDF5Handle(H5Tcopy(qtool_H5T_C_S1()), .datatype)
-                    H5Tset_size(memory.id, qtool_H5T_VARIABLE())
-                    H5Tset_cset(memory.id, H5Tget_cset(type.id))
-                    var pointers = [UnsafeMutablePointer<CChar>?](repeating: nil, count: max(1, count))
-                    guard H5Aread(attribute.id, memory.id, &pointers) >= 0 else { throw fail(HDF5.lastError()) }
-                    let strings = pointers.prefix(count).map { $0.map { String(cString: $0) } ?? "" }
-                    H5Dvlen_reclaim(memory.id, space.id, HDF5.defaultProperties, &pointers)
+                let (utf8, variable) = try HDF5.mapped(fail) { () throws(HDF5CallError) in
+                    (try HDF5.isUTF8(type), try HDF5.isVariableString(type))
+                }
+                if variable {
+                    let strings = try HDF5.mapped(fail) { () throws(HDF5CallError) in
+                        try HDF5.readStrings(attribute: attribute, space: space, count: count, utf8: utf8)
+                    }
                     guard strings.reduce(0, { $0 + $1.utf8.count }) <= HDF5Limits.maximumAttributeBytes else {
                         throw fail("its strings take more than \(HDF5Limits.maximumAttributeBytes) bytes")
                     }
                     out.append(HDF5Attribute(name: name, shape: shape, values: .strings(strings, fixedSize: nil, utf8: utf8)))
                 } else {
                     var values = [UInt8](repeating: 0, count: max(1, bytes))
-                    guard H5Aread(attribute.id, type.id, &values) >= 0 else { throw fail(HDF5.lastError()) }
+                    try HDF5.mapped(fail) { () throws(HDF5CallError) in try HDF5.read(attribute: attribute, as: type, into: &values) }
                     let strings = (0..<count).map { i in
                         String(decoding: values[(i * elementSize)..<((i + 1) * elementSize)].prefix { $0 != 0 }, as: UTF8.self)
                     }
@@ -257,53 +246,26 @@ enum HDF5Attributes {
         }
     }
 
-    /// Writes `attributes` on `object`; false (with libhdf5's error pending) on failure.
-    static func write(_ attributes: [HDF5Attribute], on object: hid_t) -> Bool {
+    /// Writes `attributes` on `object`.
+    static func write(_ attributes: [HDF5Attribute], on object: HDF5Handle) throws(HDF5CallError) {
         for attribute in attributes {
-            let count = attribute.shape.reduce(1, *)
-            let space: HDF5Handle
-            if attribute.shape.isEmpty {
-                space = HDF5Handle(H5Screate(H5S_SCALAR), .dataspace)
-            } else {
-                let dims = attribute.shape.map { hsize_t($0) }
-                space = HDF5Handle(H5Screate_simple(Int32(dims.count), dims, nil), .dataspace)
-            }
             switch attribute.values {
             case .numbers(let dtype, let texts):
-                guard let type = HDF5ElementType.fileType(for: dtype) else { return false }
-                let bytes = numberBytes(texts, dtype: dtype)
-                let id = H5Acreate2(object, attribute.name, type.id, space.id, HDF5.defaultProperties, HDF5.defaultProperties)
-                guard id >= 0 else { return false }
-                let handle = HDF5Handle(id, .attribute)
-                guard bytes.withUnsafeBytes({ H5Awrite(handle.id, type.id, $0.baseAddress) }) >= 0 else { return false }
-            case .strings(let strings, let fixedSize, let utf8):
-                let type = HDF5Handle(H5Tcopy(qtool_H5T_C_S1()), .datatype)
-                H5Tset_cset(type.id, utf8 ? H5T_CSET_UTF8 : H5T_CSET_ASCII)
-                if let fixedSize {
-                    H5Tset_size(type.id, fixedSize)
-                    H5Tset_strpad(type.id, H5T_STR_NULLPAD)
-                } else {
-                    H5Tset_size(type.id, qtool_H5T_VARIABLE())
+                try HDF5.createAttribute(
+                    attribute.name, on: object, type: try HDF5ElementType.fileType(for: dtype), shape: attribute.shape,
+                    values: numberBytes(texts, dtype: dtype))
+            case .strings(let strings, let fixedSize?, let utf8):
+                var bytes = [UInt8](repeating: 0, count: max(1, attribute.shape.reduce(1, *) * fixedSize))
+                for (i, string) in strings.enumerated() {
+                    for (j, byte) in string.utf8.prefix(fixedSize).enumerated() { bytes[i * fixedSize + j] = byte }
                 }
-                let id = H5Acreate2(object, attribute.name, type.id, space.id, HDF5.defaultProperties, HDF5.defaultProperties)
-                guard id >= 0 else { return false }
-                let handle = HDF5Handle(id, .attribute)
-                let status: herr_t
-                if let fixedSize {
-                    var bytes = [UInt8](repeating: 0, count: max(1, count * fixedSize))
-                    for (i, string) in strings.enumerated() {
-                        for (j, byte) in string.utf8.prefix(fixedSize).enumerated() { bytes[i * fixedSize + j] = byte }
-                    }
-                    status = H5Awrite(handle.id, type.id, &bytes)
-                } else {
-                    var pointers = strings.map { strdup($0) }
-                    status = pointers.withUnsafeMutableBufferPointer { H5Awrite(handle.id, type.id, $0.baseAddress) }
-                    pointers.forEach { free($0) }
-                }
-                guard status >= 0 else { return false }
+                try HDF5.createAttribute(
+                    attribute.name, on: object, type: try HDF5.stringType(size: fixedSize, utf8: utf8), shape: attribute.shape,
+                    values: bytes)
+            case .strings(let strings, nil, let utf8):
+                try HDF5.createAttribute(attribute.name, on: object, shape: attribute.shape, strings: strings, utf8: utf8)
             }
         }
-        return true
     }
 
     static func numberBytes(_ texts: [String], dtype: DType) -> [UInt8] {

@@ -1,10 +1,6 @@
 import Foundation
 import TensorCore
 
-#if canImport(Glibc)
-    import Glibc
-#endif
-
 /// Writes tensors as an HDF5 file, one at a time: each tensor a dataset at the path its
 /// `HDF5Layout` records (with that layout's groups and attributes, so a file read by `HDF5Reader`
 /// comes back the same), or else at its name with `.` as the separator. Each tensor streams to

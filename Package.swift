@@ -43,7 +43,7 @@ let package = Package(
         .target(name: "Quantization", dependencies: ["TensorCore", "CQuantKernel"], swiftSettings: kernelSettings),
         .target(name: "NF4Format", dependencies: ["TensorCore", "CZstd"]),
         .target(name: "HDF5Format", dependencies: ["TensorCore", "CHDF5"]),
-        .target(name: "LoRAMerge", dependencies: ["TensorCore"], swiftSettings: kernelSettings),
+        .target(name: "LoRAMerge", dependencies: ["TensorCore", "Quantization"], swiftSettings: kernelSettings),
         .target(
             name: "QToolCommands",
             dependencies: [
@@ -62,7 +62,7 @@ let package = Package(
         .testTarget(
             name: "QuantizationTests",
             dependencies: ["Quantization", "SafetensorsFormat", "TensorCore", "TestSupport"]),
-        .testTarget(name: "LoRAMergeTests", dependencies: ["LoRAMerge", "SafetensorsFormat", "TensorCore", "TestSupport"]),
+        .testTarget(name: "LoRAMergeTests", dependencies: ["LoRAMerge", "Quantization", "SafetensorsFormat", "TensorCore", "TestSupport"]),
         .testTarget(name: "HDF5FormatTests", dependencies: ["HDF5Format", "SafetensorsFormat", "TensorCore", "TestSupport", "qtool"]),
         .testTarget(name: "NF4FormatTests", dependencies: ["NF4Format", "TensorCore", "TestSupport"]),
         .testTarget(name: "CLibrariesTests", dependencies: ["CZstd", "CHDF5", "COpenBLAS"]),

@@ -136,7 +136,7 @@ final class HDF5Session {
         try walker.walk(file, groupPath: "/", depth: 0)
         datasets = walker.datasets
         let layout = HDF5Layout(groups: walker.groups, datasets: walker.datasetLayouts)
-        let layoutText = layout.json.compactSerialized()
+        let layoutText = layout.json.serialized(.compact)
         guard layoutText.utf8.count <= HDF5Limits.maximumLayoutBytes else {
             throw .cannotRead(
                 path: path, object: "/", reason: "its groups and attributes take more than \(HDF5Limits.maximumLayoutBytes) bytes")

@@ -34,7 +34,7 @@ public final class HDF5Writer {
                 let helper = try HDF5HelperProcess(executable: executable, timeout: timeout, path: path)
                 backend = .helper(helper)
                 let request = HDF5HelperProcess.CreateRequest(
-                    temporaryPath: output.temporaryPath, reportedPath: path, layout: layout?.json.compactSerialized())
+                    temporaryPath: output.temporaryPath, reportedPath: path, layout: layout?.json.serialized(.compact))
                 try helper.request(.create, json: try JSONEncoder().encode(request), object: "/")
             }
         } catch {

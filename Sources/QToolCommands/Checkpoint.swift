@@ -118,7 +118,7 @@ struct Checkpoint {
         }
         return Checkpoint(
             format: .hdf5(reader.kind), path: path, entries: entries,
-            metadata: [(HDF5Layout.metadataKey, reader.layout.json.compactSerialized())], companions: [], shardGroups: nil)
+            metadata: [(HDF5Layout.metadataKey, reader.layout.json.serialized(.compact))], companions: [], shardGroups: nil)
     }
 
     static func describe(_ q: QuantizedTensor) -> String {

@@ -221,7 +221,7 @@ enum ConfigFile {
             }
         }
         guard members != original else { return bytes }
-        return Array((JSONValue.object(members).pythonDumps() + "\n").utf8)
+        return Array((JSONValue.object(members).serialized(.pythonDumps()) + "\n").utf8)
     }
 
     /// The model's dtype as config.json records it (`dtype`, or `torch_dtype` before transformers 5).

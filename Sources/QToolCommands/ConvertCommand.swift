@@ -81,15 +81,8 @@ struct ConvertCommand: ParsableCommand {
         }
         progress.finish()
         let seconds = Date().timeIntervalSince(started)
-        if report.json {
-            Report.printJSON(
-                Report.written(
-                    input: input, output: output, files: written, tensors: checkpoint.entries.count, bytes: totalBytes, seconds: seconds))
-        } else if !report.quiet {
-            Report.note(
-                "wrote \(output): \(checkpoint.entries.count) tensors, \(ProgressBar.formatBytes(Double(totalBytes))) in \(String(format: "%.2f", seconds)) s"
-            )
-        }
+        Report.written(
+            report, input: input, output: output, files: written, tensors: checkpoint.entries.count, bytes: totalBytes, seconds: seconds)
     }
 }
 

@@ -66,15 +66,7 @@ struct DequantizeCommand: ParsableCommand {
         }
         progress.finish()
         let seconds = Date().timeIntervalSince(started)
-        if report.json {
-            Report.printJSON(
-                Report.written(
-                    input: input, output: output, files: written, tensors: checkpoint.entries.count, bytes: outputBytes, seconds: seconds))
-        } else if !report.quiet {
-            Report.note(
-                String(
-                    format: "wrote %@: %d tensors, %@ in %.2f s", output, checkpoint.entries.count,
-                    ProgressBar.formatBytes(Double(outputBytes)), seconds))
-        }
+        Report.written(
+            report, input: input, output: output, files: written, tensors: checkpoint.entries.count, bytes: outputBytes, seconds: seconds)
     }
 }

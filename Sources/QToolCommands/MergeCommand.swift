@@ -96,39 +96,23 @@ struct MergeCommand: ParsableCommand {
             let entry = checkpoint.entries[index]
             let change = plan.changes[entry.name]
             if change != nil { changed += 1 }
+            let output: MergeStage.Output
             switch try entry.load() {
             case .quantized(let q):
-                guard let change else {
-                    if format == .safetensors { return .plain(q.dequantizedPayload(to: castTo ?? Self.floatType(q.originalDType))) }
-                    progress.advance(by: q.storedBytes)
-                    return .quantized(q)
-                }
-                // As PEFT on a bitsandbytes layer: dequantize to the weight's dtype, add the delta
-                // in float32, quantize the float32 result with the same settings.
-                let restored = QuantizedRows(q)
-                if format == .safetensors {
-                    return .plain(
-                        try MergedTensor(base: restored, merge: change, dtype: castTo ?? Self.floatType(q.originalDType), name: entry.name))
-                }
-                // The float32 merge streams into the quantizer: never held whole.
-                let merged = try MergedTensor(base: restored, merge: change, dtype: .f32, name: entry.name)
-                progress.advance(by: q.storedBytes)
-                return .quantized(try quantize(merged, entry.name, type: q.quantType, blocksize: q.blocksize, double: q.isDoubleQuantized))
+                output = try MergeStage.merge(
+                    quantized: q, change: change, name: entry.name,
+                    floatType: format == .safetensors ? castTo ?? Self.floatType(q.originalDType) : nil, path: base)
+                if case .quantized = output { progress.advance(by: q.storedBytes) }
             case .plain(let tensor):
-                let dtype = tensor.dtype.isFloatingPoint ? (castTo ?? tensor.dtype) : tensor.dtype
-                let payload: any TensorPayload
-                if let change {
-                    payload = try MergedTensor(base: tensor, merge: change, dtype: dtype, name: entry.name)
-                } else if dtype != tensor.dtype, let cast = CastTensor(tensor, to: dtype) {
-                    payload = cast
-                } else {
-                    payload = tensor
-                }
-                guard format != .safetensors, selection.shouldQuantize(name: entry.name, dtype: tensor.dtype, shape: tensor.shape) else {
-                    return .plain(payload)
-                }
-                progress.advance(by: tensor.byteCount)
-                return .quantized(try quantize(payload, entry.name, type: .nf4, blocksize: 64, double: true))
+                let quantize =
+                    format != .safetensors && selection.shouldQuantize(name: entry.name, dtype: tensor.dtype, shape: tensor.shape)
+                output = try MergeStage.merge(
+                    plain: tensor, change: change, name: entry.name, castTo: castTo, quantize: quantize, path: base)
+                if quantize { progress.advance(by: tensor.byteCount) }
+            }
+            switch output {
+            case .plain(let payload): return .plain(payload)
+            case .quantized(let q): return .quantized(q)
             }
         }
         progress.finish()
@@ -161,16 +145,6 @@ struct MergeCommand: ParsableCommand {
     }
 
     private static func floatType(_ dtype: DType) -> DType { dtype == .f64 ? .f32 : dtype }
-
-    private func quantize(_ tensor: any TensorPayload, _ name: String, type: QuantType, blocksize: Int, double: Bool) throws
-        -> QuantizedTensor
-    {
-        do {
-            return try QuantizedTensor.quantize(tensor, type: type, blocksize: blocksize, doubleQuantization: double)
-        } catch let error as QuantizationError {
-            throw CommandError(path: base, "tensor '\(name)' after the merge: \(error)")
-        }
-    }
 
     private func adapterJSON(_ adapter: LoRAAdapter, weight: Float) -> JSONValue {
         .object([

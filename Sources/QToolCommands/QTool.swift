@@ -87,19 +87,29 @@ public struct QTool: ParsableCommand {
 /// that came from a file or the command line escaped for the terminal.
 enum Report {
     static func printJSON(_ value: JSONValue) {
-        print(value.serialized(style: .report))
+        print(value.serialized(.report))
     }
 
-    /// The JSON report of a command that copies a checkpoint to another form.
-    static func written(input: String, output: String, files: [String], tensors: Int, bytes: Int, seconds: Double) -> JSONValue {
-        .object([
-            JSONMember(key: "input", value: .string(input)),
-            JSONMember(key: "output", value: .string(output)),
-            JSONMember(key: "files", value: .array(files.map(JSONValue.string))),
-            JSONMember(key: "tensors", value: .integer(tensors)),
-            JSONMember(key: "bytes", value: .integer(bytes)),
-            JSONMember(key: "seconds", value: .double(seconds)),
-        ])
+    /// The report of a command that copies a checkpoint to another form: JSON on standard
+    /// output with --json, else one summary line (none with --quiet).
+    static func written(
+        _ options: ReportOptions, input: String, output: String, files: [String], tensors: Int, bytes: Int, seconds: Double
+    ) {
+        if options.json {
+            printJSON(
+                .object([
+                    JSONMember(key: "input", value: .string(input)),
+                    JSONMember(key: "output", value: .string(output)),
+                    JSONMember(key: "files", value: .array(files.map(JSONValue.string))),
+                    JSONMember(key: "tensors", value: .integer(tensors)),
+                    JSONMember(key: "bytes", value: .integer(bytes)),
+                    JSONMember(key: "seconds", value: .double(seconds)),
+                ]))
+        } else if !options.quiet {
+            note(
+                String(
+                    format: "wrote %@: %d tensors, %@ in %.2f s", output, tensors, ProgressBar.formatBytes(Double(bytes)), seconds))
+        }
     }
 
     /// A summary line on standard error.

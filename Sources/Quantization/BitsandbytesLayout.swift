@@ -35,21 +35,11 @@ public enum BitsandbytesLayout {
             state.append(JSONMember(key: "nested_dtype", value: .string("float32")))
             state.append(JSONMember(key: "nested_offset", value: JSONValue.pythonFloat(Double(offset))))
         }
-        let json = pythonCompact(.object(state))
+        // `json.dumps` with its default separators (", " and ": "), keys in the order given.
+        let json = JSONValue.object(state).serialized(.pythonDumps(indent: nil, sortKeys: false))
         out.append(
             (name + quantStatePrefix + tensor.quantType.rawValue, Tensor(dtype: .u8, shape: [json.utf8.count], values: Array(json.utf8))))
         return out
-    }
-
-    /// `json.dumps` with its default separators (", " and ": ").
-    static func pythonCompact(_ value: JSONValue) -> String {
-        switch value {
-        case .array(let values): return "[" + values.map(pythonCompact).joined(separator: ", ") + "]"
-        case .object(let members):
-            return "{" + members.map { JSONStyle.python.quoted($0.key) + ": " + pythonCompact($0.value) }.joined(separator: ", ") + "}"
-        case .string(let s): return JSONStyle.python.quoted(s)
-        default: return value.serialized()
-        }
     }
 
     /// Whether `tensors` hold any weight in this layout.
@@ -123,7 +113,8 @@ public enum BitsandbytesLayout {
         let dims = entries.compactMap(\.integerValue)
         guard dims.count == entries.count, dims.allSatisfy({ $0 >= 0 }), let count = Shape(dims).checkedElementCount, count < Int.max / 2
         else {
-            throw fail("quant_state shape \(entries.map { $0.compactSerialized() }) is not a list of non-negative integers of a valid size")
+            throw fail(
+                "quant_state shape \(entries.map { $0.serialized(.compact) }) is not a list of non-negative integers of a valid size")
         }
         guard let dtypeName = state["dtype"]?.stringValue, let dtype = DType.allCases.first(where: { $0.torchName == dtypeName }),
             [.f32, .f16, .bf16, .f64].contains(dtype)
@@ -140,7 +131,7 @@ public enum BitsandbytesLayout {
         let absmax: QuantizedTensor.Absmax
         if let offsetEntry = state["nested_offset"] {
             guard let offsetValue = offsetEntry.doubleValue, Float(offsetValue).isFinite else {
-                throw fail("quant_state nested_offset \(offsetEntry.compactSerialized()) is not a finite float32 number")
+                throw fail("quant_state nested_offset \(offsetEntry.serialized(.compact)) is not a finite float32 number")
             }
             guard state["nested_blocksize"]?.integerValue == DoubleQuantizedAbsmax.nestedBlocksize else {
                 throw fail("nested_blocksize must be \(DoubleQuantizedAbsmax.nestedBlocksize)")

@@ -48,17 +48,16 @@ public enum ShardedWriter {
 
     /// The index file's text, as `json.dumps(index, indent=2, sort_keys=True) + "\n"`.
     public static func indexText(weightMap: [(tensor: String, file: String)], totalSize: Int, totalParameters: Int) -> String {
-        let style = JSONStyle.python
-        // Python sorts keys by code point; comparing unicode scalars gives the same order.
-        let sorted = weightMap.sorted {
-            $0.tensor.unicodeScalars.lexicographicallyPrecedes($1.tensor.unicodeScalars, by: { $0.value < $1.value })
-        }
-        var text = "{\n  \"metadata\": {\n"
-        text += "    \"total_parameters\": \(totalParameters),\n"
-        text += "    \"total_size\": \(totalSize)\n  },\n  \"weight_map\": {"
-        text += sorted.map { "\n    \(style.quoted($0.tensor)): \(style.quoted($0.file))" }.joined(separator: ",")
-        text += sorted.isEmpty ? "}\n}\n" : "\n  }\n}\n"
-        return text
+        let index = JSONValue.object([
+            JSONMember(
+                key: "metadata",
+                value: .object([
+                    JSONMember(key: "total_parameters", value: .integer(totalParameters)),
+                    JSONMember(key: "total_size", value: .integer(totalSize)),
+                ])),
+            JSONMember(key: "weight_map", value: .object(weightMap.map { JSONMember(key: $0.tensor, value: .string($0.file)) })),
+        ])
+        return index.serialized(.pythonDumps()) + "\n"
     }
 
     /// Writes `shards` (each a list of items) into `transaction`'s folder: a single shard as

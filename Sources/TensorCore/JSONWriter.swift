@@ -58,39 +58,78 @@ extension JSONStyle {
     }
 }
 
-extension JSONValue {
-    /// The value as JSON text on one line, without spaces (for metadata values).
-    public func compactSerialized(style: JSONStyle = .serde) -> String {
-        switch self {
-        case .array(let values): return "[" + values.map { $0.compactSerialized(style: style) }.joined(separator: ",") + "]"
-        case .object(let members):
-            return "{" + members.map { style.quoted($0.key) + ":" + $0.value.compactSerialized(style: style) }.joined(separator: ",") + "}"
-        default: return serialized(style: style)
-        }
+/// How JSON text is laid out: the one serializer's options. Each reference tool's layout is one
+/// of the named formats.
+public struct JSONFormat: Sendable {
+    /// How strings are escaped.
+    public var style: JSONStyle
+    /// Spaces per level, each member and element on its own line; nil writes one line.
+    public var indent: Int?
+    /// Separators ", " and ": " (Python's json.dumps) rather than "," and ":" (serde_json).
+    public var spaced: Bool
+    /// Object members in code point order of their keys (Python's `sort_keys=True`), else as given.
+    public var sortKeys: Bool
+    /// In indented output, arrays of scalars on one line (shapes read better that way).
+    public var inlineScalarArrays: Bool
+
+    public init(style: JSONStyle, indent: Int?, spaced: Bool, sortKeys: Bool, inlineScalarArrays: Bool) {
+        self.style = style
+        self.indent = indent
+        self.spaced = spaced
+        self.sortKeys = sortKeys
+        self.inlineScalarArrays = inlineScalarArrays
     }
 
-    /// The value as JSON text: pretty-printed with two-space indents, members in their order.
-    public func serialized(indent: Int = 0, style: JSONStyle = .serde) -> String {
-        let pad = String(repeating: " ", count: indent + 2)
-        let closePad = String(repeating: " ", count: indent)
+    /// serde_json's `to_string`: one line, no spaces (safetensors metadata values).
+    public static let compact = JSONFormat(style: .serde, indent: nil, spaced: false, sortKeys: false, inlineScalarArrays: false)
+    /// Two-space indents, members in their order, scalar arrays inline (the .nf4 header).
+    public static let pretty = JSONFormat(style: .serde, indent: 2, spaced: true, sortKeys: false, inlineScalarArrays: true)
+    /// `pretty`, with every string escaped for a terminal (qtool's --json reports).
+    public static let report = JSONFormat(style: .report, indent: 2, spaced: true, sortKeys: false, inlineScalarArrays: true)
+
+    /// Python's `json.dumps(value, indent=indent, sort_keys=sortKeys)` with its default
+    /// `ensure_ascii=True` (transformers' config.json and index files, bitsandbytes' quant state).
+    public static func pythonDumps(indent: Int? = 2, sortKeys: Bool = true) -> JSONFormat {
+        JSONFormat(style: .python, indent: indent, spaced: true, sortKeys: sortKeys, inlineScalarArrays: false)
+    }
+}
+
+extension JSONValue {
+    /// The value as JSON text laid out as `format` says. Numbers keep their literal text.
+    public func serialized(_ format: JSONFormat = .pretty) -> String {
+        serialized(format, level: 0)
+    }
+
+    private func serialized(_ format: JSONFormat, level: Int) -> String {
+        let separator = format.spaced ? ", " : ","
+        func lines(_ items: [String], open: String, close: String) -> String {
+            let indent = format.indent ?? 0
+            let pad = String(repeating: " ", count: (level + 1) * indent)
+            return open + "\n" + items.map { pad + $0 }.joined(separator: ",\n") + "\n" + String(repeating: " ", count: level * indent)
+                + close
+        }
         switch self {
         case .null: return "null"
         case .bool(let b): return b ? "true" : "false"
         case .number(let text): return text
-        case .string(let s): return style.quoted(s)
+        case .string(let s): return format.style.quoted(s)
         case .array(let values):
             if values.isEmpty { return "[]" }
-            // Arrays of scalars stay on one line (shapes read better that way).
-            if values.allSatisfy({ $0.objectMembers == nil && $0.arrayValues == nil }) {
-                return "[" + values.map { $0.serialized(style: style) }.joined(separator: ", ") + "]"
-            }
-            return "[\n" + values.map { pad + $0.serialized(indent: indent + 2, style: style) }.joined(separator: ",\n") + "\n" + closePad
-                + "]"
+            let items = values.map { $0.serialized(format, level: level + 1) }
+            let inline = format.inlineScalarArrays && values.allSatisfy { $0.objectMembers == nil && $0.arrayValues == nil }
+            guard format.indent != nil, !inline else { return "[" + items.joined(separator: separator) + "]" }
+            return lines(items, open: "[", close: "]")
         case .object(let members):
             if members.isEmpty { return "{}" }
-            return "{\n"
-                + members.map { pad + style.quoted($0.key) + ": " + $0.value.serialized(indent: indent + 2, style: style) }
-                .joined(separator: ",\n") + "\n" + closePad + "}"
+            let ordered =
+                format.sortKeys
+                ? members.sorted { $0.key.unicodeScalars.lexicographicallyPrecedes($1.key.unicodeScalars) { $0.value < $1.value } }
+                : members
+            let items = ordered.map {
+                format.style.quoted($0.key) + (format.spaced ? ": " : ":") + $0.value.serialized(format, level: level + 1)
+            }
+            guard format.indent != nil else { return "{" + items.joined(separator: separator) + "}" }
+            return lines(items, open: "{", close: "}")
         }
     }
 
@@ -98,38 +137,6 @@ extension JSONValue {
 
     /// A finite double as the shortest text that reads back the same; non-finite values become null.
     public static func double(_ value: Double) -> JSONValue { value.isFinite ? .number("\(value)") : .null }
-}
-
-extension JSONValue {
-    /// The text of Python's `json.dumps(value, indent=indent, sort_keys=sortKeys)`, as transformers
-    /// writes config.json (followed there by a newline). Numbers keep their literal text.
-    public func pythonDumps(indent: Int = 2, sortKeys: Bool = true, level: Int = 0) -> String {
-        let inner = String(repeating: " ", count: (level + 1) * indent)
-        let outer = String(repeating: " ", count: level * indent)
-        switch self {
-        case .null: return "null"
-        case .bool(let b): return b ? "true" : "false"
-        case .number(let text): return text
-        case .string(let s): return JSONStyle.python.quoted(s)
-        case .array(let values):
-            if values.isEmpty { return "[]" }
-            return "[\n"
-                + values.map { inner + $0.pythonDumps(indent: indent, sortKeys: sortKeys, level: level + 1) }
-                .joined(separator: ",\n") + "\n" + outer + "]"
-        case .object(let members):
-            if members.isEmpty { return "{}" }
-            let ordered =
-                sortKeys
-                ? members.sorted { $0.key.unicodeScalars.lexicographicallyPrecedes($1.key.unicodeScalars) { $0.value < $1.value } }
-                : members
-            return "{\n"
-                + ordered.map {
-                    inner + JSONStyle.python.quoted($0.key) + ": "
-                        + $0.value.pythonDumps(indent: indent, sortKeys: sortKeys, level: level + 1)
-                }
-                .joined(separator: ",\n") + "\n" + outer + "}"
-        }
-    }
 
     /// Python's `repr` of a float: the shortest text that reads back the same double, with an
     /// exponent below 1e-4 and from 1e16 on (`1e-05`, `1e+16`), and `.0` on whole numbers.

@@ -32,10 +32,10 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     static func json(_ data: UnsafeRawBufferPointer) {
         guard let value = try? JSONParser.parse(data) else { return }
         // What the parser gives back must serialize and read back the same.
-        let text = value.compactSerialized()
+        let text = value.serialized(.compact)
         let again = try? JSONParser.parse(text)
         precondition(again == value, "JSON round trip changed the value")
-        _ = value.pythonDumps()
+        _ = value.serialized(.pythonDumps())
     }
 
     static func safetensors(_ data: UnsafeRawBufferPointer) {

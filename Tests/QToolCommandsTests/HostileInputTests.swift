@@ -349,7 +349,9 @@ struct HostileInputTests {
             let index = entries.firstIndex { $0.0 == victim + ".quant_state.bitsandbytes__nf4" }!
             var text = String(decoding: entries[index].1.values(as: UInt8.self), as: UTF8.self)
             let state = try JSONParser.parse(text)
-            let old = state[key]!.compactSerialized(style: .python).replacingOccurrences(of: ",", with: ", ")
+            let old = state[key]!.serialized(
+                JSONFormat(style: .python, indent: nil, spaced: false, sortKeys: false, inlineScalarArrays: false)
+            ).replacingOccurrences(of: ",", with: ", ")
             text = text.replacingOccurrences(of: "\"\(key)\": \(old)", with: "\"\(key)\": \(value)")
             precondition(text.contains(value))
             entries[index].1 = Tensor(dtype: .u8, shape: [text.utf8.count], values: Array(text.utf8))

@@ -44,10 +44,11 @@ let package = Package(
         .target(name: "NF4Format", dependencies: ["TensorCore", "CZstd"]),
         .target(name: "HDF5Format", dependencies: ["TensorCore", "CHDF5"]),
         .target(name: "LoRAMerge", dependencies: ["TensorCore", "Quantization"], swiftSettings: kernelSettings),
+        .target(name: "LanguageModel", dependencies: ["TensorCore", "Quantization", "LoRAMerge"], swiftSettings: kernelSettings),
         .target(
             name: "QToolCommands",
             dependencies: [
-                "TensorCore", "SafetensorsFormat", "Quantization", "NF4Format", "LoRAMerge", "HDF5Format", "CProcess",
+                "TensorCore", "SafetensorsFormat", "Quantization", "NF4Format", "LoRAMerge", "HDF5Format", "LanguageModel", "CProcess",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .executableTarget(name: "qtool", dependencies: ["QToolCommands"]),
@@ -64,6 +65,9 @@ let package = Package(
             dependencies: ["Quantization", "SafetensorsFormat", "TensorCore", "TestSupport"]),
         .testTarget(name: "LoRAMergeTests", dependencies: ["LoRAMerge", "Quantization", "SafetensorsFormat", "TensorCore", "TestSupport"]),
         .testTarget(name: "HDF5FormatTests", dependencies: ["HDF5Format", "SafetensorsFormat", "TensorCore", "TestSupport", "qtool"]),
+        .testTarget(
+            name: "LanguageModelTests",
+            dependencies: ["LanguageModel", "LoRAMerge", "Quantization", "SafetensorsFormat", "TensorCore", "TestSupport"]),
         .testTarget(name: "NF4FormatTests", dependencies: ["NF4Format", "TensorCore", "TestSupport"]),
         .testTarget(name: "CLibrariesTests", dependencies: ["CZstd", "CHDF5", "COpenBLAS"]),
         .testTarget(

@@ -38,12 +38,24 @@ public struct LoRAModule: Sendable {
 
     public var isDoRA: Bool { magnitude != nil }
 
+    /// PEFT's `A [r, in]` and `B [out, r]` in float32, whatever the layout stored.
+    public func peftFactors() -> (a: [Float], b: [Float]) {
+        let (a, b) = floatFactors()
+        guard factorsTransposed else { return (a, b) }
+        func transposed(_ values: [Float], rows: Int, columns: Int) -> [Float] {
+            var out = [Float](repeating: 0, count: values.count)
+            for row in 0..<rows { for column in 0..<columns { out[column * rows + row] = values[row * columns + column] } }
+            return out
+        }
+        return (transposed(a, rows: inFeatures, columns: rank), transposed(b, rows: rank, columns: outFeatures))
+    }
+
     /// The factors in float32, PEFT's orientation or mlx-lm's as stored (`factorsTransposed`).
-    func floatFactors() -> (a: [Float], b: [Float]) {
+    public func floatFactors() -> (a: [Float], b: [Float]) {
         (LoRAModule.floats(a), LoRAModule.floats(b))
     }
 
-    static func floats(_ tensor: Tensor) -> [Float] {
+    public static func floats(_ tensor: Tensor) -> [Float] {
         if tensor.dtype == .f32 { return tensor.values(as: Float.self) }
         return [Float](unsafeUninitializedCapacity: tensor.elementCount) { buffer, count in
             tensor.withBytes { raw in

@@ -15,7 +15,7 @@ public final class ProgressBar: @unchecked Sendable {
     private let unit: Unit
     private var done = 0
 
-    public enum Unit { case bytes, items }
+    public enum Unit { case bytes, items, tokens }
 
     public init(label: String, total: Int, unit: Unit = .bytes, quiet: Bool) {
         self.label = label
@@ -52,7 +52,12 @@ public final class ProgressBar: @unchecked Sendable {
         let bar = String(repeating: "█", count: filled) + String(repeating: "░", count: width - filled)
         let rate = Double(done) / elapsed
         let eta = rate > 0 ? Double(total - done) / rate : 0
-        let rateText = unit == .bytes ? ProgressBar.formatBytes(rate) + "/s" : String(format: "%.1f/s", rate)
+        let rateText =
+            switch unit {
+            case .bytes: ProgressBar.formatBytes(rate) + "/s"
+            case .items: String(format: "%.1f/s", rate)
+            case .tokens: String(format: "%.0f tokens/s", rate)
+            }
         StandardError.write(
             String(format: "\r%@ %@ %3.0f%% %@ ETA %@ ", label, bar, fraction * 100, rateText, ProgressBar.formatDuration(eta)))
     }

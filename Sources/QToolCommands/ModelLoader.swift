@@ -1,0 +1,35 @@
+import Foundation
+import LanguageModel
+import LoRAMerge
+import TensorCore
+
+/// A model folder (safetensors, bitsandbytes 4-bit) or a `.nf4` container opened for the model
+/// stage: its config, its weights bound to the decoder, and its companion files (the tokenizer).
+struct LoadedModel {
+    let model: LanguageModel
+    let checkpoint: Checkpoint
+
+    /// Opens `path` with LoRA `adapters` (`DIR` or `DIR=WEIGHT`) applied un-merged.
+    static func open(_ path: String, adapters: [String], allowExternal: Bool, threads: Int) throws -> LoadedModel {
+        let checkpoint = try Checkpoint.open(path, allowExternal: allowExternal)
+        guard let configFile = checkpoint.companions.first(where: { $0.name == "config.json" }) else {
+            throw CommandError(path: path, "no config.json beside the weights (give the model folder or a .nf4 that carries it)")
+        }
+        let config = try ModelConfig(json: try configFile.read(), path: checkpoint.isFolder ? path + "/config.json" : path)
+        var tensors: [String: StoredTensor] = [:]
+        for entry in checkpoint.entries { tensors[entry.name] = try entry.load() }
+        let loaded = try adapters.map(AdapterFolder.parseSpec).map { (adapter: try AdapterFolder.load($0.path), weight: $0.weight) }
+        let model = try LanguageModel(config: config, tensors: tensors, adapters: loaded, path: path, threads: threads)
+        return LoadedModel(model: model, checkpoint: checkpoint)
+    }
+
+    /// A companion file's bytes (tokenizer.json, tokenizer_config.json), nil when absent.
+    func companion(_ name: String) throws -> [UInt8]? {
+        try checkpoint.companions.first { $0.name == name }?.read()
+    }
+}
+
+extension Checkpoint {
+    /// Whether the checkpoint is a folder (its config.json is a file inside it).
+    var isFolder: Bool { FilePaths.isDirectory(path) }
+}

@@ -37,6 +37,8 @@ let package = Package(
         .target(name: "CBLASKernel", dependencies: ["COpenBLAS"]),
         // The 4-bit quantizer's AVX-512 block kernel, chosen at run time.
         .target(name: "CQuantKernel"),
+        // The language model's element-wise kernels that need eˣ (vectorised by the C compiler).
+        .target(name: "CModelKernels", cSettings: [.unsafeFlags(["-O2"])]),
 
         .target(name: "TensorCore", dependencies: ["COpenBLAS", "CBLASKernel", "CProcess"], swiftSettings: kernelSettings),
         .target(name: "SafetensorsFormat", dependencies: ["TensorCore"]),
@@ -44,7 +46,9 @@ let package = Package(
         .target(name: "NF4Format", dependencies: ["TensorCore", "CZstd"]),
         .target(name: "HDF5Format", dependencies: ["TensorCore", "CHDF5"]),
         .target(name: "LoRAMerge", dependencies: ["TensorCore", "Quantization"], swiftSettings: kernelSettings),
-        .target(name: "LanguageModel", dependencies: ["TensorCore", "Quantization", "LoRAMerge"], swiftSettings: kernelSettings),
+        .target(
+            name: "LanguageModel", dependencies: ["TensorCore", "Quantization", "LoRAMerge", "CModelKernels"], swiftSettings: kernelSettings
+        ),
         .target(
             name: "QToolCommands",
             dependencies: [

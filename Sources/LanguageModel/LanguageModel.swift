@@ -113,6 +113,9 @@ public final class LanguageModel: @unchecked Sendable {
         rotary = RotaryTable(config: config)
     }
 
+    /// Query rows attended at once: each block multiplies only the keys up to its last row.
+    static let attentionBlock = 128
+
     /// Keys and values of the positions seen so far, per layer: what generation reuses.
     public final class Cache: @unchecked Sendable {
         var keys: [[Float]]
@@ -418,28 +421,36 @@ public final class LanguageModel: @unchecked Sendable {
                                 // Without a cache, a sequence's keys are its own rows; with one,
                                 // every cached position precedes the new rows.
                                 let keyStart = cached ? 0 : start
-                                let visible = cached ? offset + length : length
                                 let first = cached ? offset : 0
                                 let kvHead = head / group
                                 let qBase = qp.raw.assumingMemoryBound(to: Float.self) + start * qDim + head * headDim
                                 let kBase = kp.raw.assumingMemoryBound(to: Float.self) + keyStart * kvDim + kvHead * headDim
                                 let vBase = vp.raw.assumingMemoryBound(to: Float.self) + keyStart * kvDim + kvHead * headDim
-                                BLAS.multiply(
-                                    MatrixView(qBase, rows: length, columns: headDim, rowStride: qDim),
-                                    MatrixView(kBase, rows: visible, columns: headDim, rowStride: kvDim).transpose,
-                                    into: MutableMatrixView(scores, rows: length, columns: visible), scale: scale)
-                                Kernels.softmaxRows(scores, rows: length, stride: visible) { row in
-                                    let position = first + row
-                                    let lowest = window.map { max(0, position - $0 + 1) } ?? 0
-                                    return lowest..<(position + 1)
+                                // Causal: a block of query rows sees the keys up to its last row,
+                                // so each block multiplies only those.
+                                var blockStart = 0
+                                while blockStart < length {
+                                    let blockEnd = min(length, blockStart + LanguageModel.attentionBlock)
+                                    let rows = blockEnd - blockStart
+                                    let seen = first + blockEnd
+                                    BLAS.multiply(
+                                        MatrixView(qBase + blockStart * qDim, rows: rows, columns: headDim, rowStride: qDim),
+                                        MatrixView(kBase, rows: seen, columns: headDim, rowStride: kvDim).transpose,
+                                        into: MutableMatrixView(scores, rows: rows, columns: seen), scale: scale)
+                                    Kernels.softmaxRows(scores, rows: rows, stride: seen) { row in
+                                        let position = first + blockStart + row
+                                        let lowest = window.map { max(0, position - $0 + 1) } ?? 0
+                                        return lowest..<(position + 1)
+                                    }
+                                    BLAS.multiply(
+                                        MatrixView(scores, rows: rows, columns: seen),
+                                        MatrixView(vBase, rows: seen, columns: headDim, rowStride: kvDim),
+                                        into: MutableMatrixView(
+                                            op.raw.assumingMemoryBound(to: Float.self) + (start + blockStart) * qDim + head * headDim,
+                                            rows: rows,
+                                            columns: headDim, rowStride: qDim))
+                                    blockStart = blockEnd
                                 }
-                                BLAS.multiply(
-                                    MatrixView(scores, rows: length, columns: visible),
-                                    MatrixView(vBase, rows: visible, columns: headDim, rowStride: kvDim),
-                                    into: MutableMatrixView(
-                                        op.raw.assumingMemoryBound(to: Float.self) + start * qDim + head * headDim, rows: length,
-                                        columns: headDim,
-                                        rowStride: qDim))
                             }
                         }
                     }

@@ -30,6 +30,11 @@ public struct MatrixView {
         MatrixView(base, rows: storedRows, columns: storedColumns, rowStride: rowStride, transposed: !transposed)
     }
 
+    /// Columns `range` of the matrix as seen.
+    public func columns(_ range: Range<Int>) -> MatrixView {
+        transpose.rows(range).transpose
+    }
+
     /// Rows `range` of the matrix as seen.
     public func rows(_ range: Range<Int>) -> MatrixView {
         precondition(range.lowerBound >= 0 && range.upperBound <= rows)
@@ -58,13 +63,18 @@ public struct MutableMatrixView {
         precondition(range.lowerBound >= 0 && range.upperBound <= rows)
         return MutableMatrixView(base + range.lowerBound * rowStride, rows: range.count, columns: columns, rowStride: rowStride)
     }
+
+    public func columns(_ range: Range<Int>) -> MutableMatrixView {
+        precondition(range.lowerBound >= 0 && range.upperBound <= columns)
+        return MutableMatrixView(base + range.lowerBound, rows: rows, columns: range.count, rowStride: rowStride)
+    }
 }
 
 /// Matrix products: the only code in qtool that calls OpenBLAS.
 ///
 /// Threading rule: OpenBLAS runs single-threaded (set at load, in CBLASKernel), and a product
-/// given `threads > 1` splits the rows of its result into blocks of a size fixed by the shape,
-/// each one OpenBLAS call. OpenBLAS's own threads would spin against qtool's, and a split that
+/// given `threads > 1` splits the rows of its result into blocks of a size fixed by the shape
+/// (or its columns, when it has too few rows to split and many columns), each one OpenBLAS call. OpenBLAS's own threads would spin against qtool's, and a split that
 /// followed the thread count would change the summation order with it; this one does not.
 ///
 /// Kernel: OpenBLAS picks one when it loads; CBLASKernel replaces a choice below the CPU's
@@ -85,7 +95,15 @@ public enum BLAS {
             return
         }
         let shared = SendableProduct(a: a, b: b, c: c)
-        parallelForChunks(count: c.rows, chunk: rowsPerTask(rows: c.rows), threads: threads) { range in
+        let rowChunk = rowsPerTask(rows: c.rows)
+        if rowChunk >= c.rows, c.columns >= 2 * columnsPerTask(columns: c.columns) {
+            // Few rows and many columns (an output head over a vocabulary): the columns are split.
+            parallelForChunks(count: c.columns, chunk: columnsPerTask(columns: c.columns), threads: threads) { range in
+                sgemm(shared.a, shared.b.columns(range), shared.c.columns(range), scale: scale, accumulate: accumulate)
+            }
+            return
+        }
+        parallelForChunks(count: c.rows, chunk: rowChunk, threads: threads) { range in
             sgemm(shared.a.rows(range), shared.b, shared.c.rows(range), scale: scale, accumulate: accumulate)
         }
     }
@@ -122,6 +140,11 @@ public enum BLAS {
     /// only on the shape, so one thread and many compute the same bits.
     static func rowsPerTask(rows: Int) -> Int {
         max(128, (rows + 7) / 8)
+    }
+
+    /// Columns per call when the columns are split: an eighth, and at least 512.
+    static func columnsPerTask(columns: Int) -> Int {
+        max(512, (columns + 7) / 8)
     }
 
     private static func sgemm(_ a: MatrixView, _ b: MatrixView, _ c: MutableMatrixView, scale: Float, accumulate: Bool) {

@@ -148,6 +148,20 @@ struct ModelGoldenTests {
         #expect(produced == expected["new_ids"]!.arrayValues!.map { $0.integerValue! })
     }
 
+    /// A long sequence (several attention blocks) run whole, and run in pieces through the
+    /// key/value cache, give the same hidden states.
+    @Test(arguments: ["llama-gqa", "qwen2-tied"])
+    func cachedPiecesGiveTheWholeForward(_ name: String) throws {
+        let model = try Self.model(forCase: name)
+        let tokens = (0..<300).map { ($0 * 37 + 11) % model.config.vocabSize }
+        let whole = model.hiddenStates([tokens])
+        let cache = LanguageModel.Cache(model: model)
+        var pieces: [Float] = []
+        for range in [0..<1, 1..<150, 150..<151, 151..<300] { pieces += model.hiddenStates([Array(tokens[range])], cache: cache) }
+        #expect(cache.length == 300)
+        #expect(Self.relativeError(pieces, whole) <= 1e-5)
+    }
+
     /// Sequences of different lengths in one batch give what each gives alone.
     @Test func aBatchGivesWhatEachSequenceGivesAlone() throws {
         let model = try Self.load(model: "llama-gqa", adapter: nil)

@@ -11,9 +11,10 @@ struct BLASTests {
         var testDescription: String { "\(m)×\(k)·\(k)×\(n) \(transposeA ? "Aᵀ" : "A")\(transposeB ? "Bᵀ" : "B")" }
     }
 
-    static let cases: [Case] = [(1, 1, 1), (3, 5, 7), (130, 33, 17), (300, 64, 8), (257, 129, 1), (5, 0, 3), (4, 6, 0)].flatMap { m, n, k in
-        [(false, false), (true, false), (false, true), (true, true)].map { Case(m: m, n: n, k: k, transposeA: $0.0, transposeB: $0.1) }
-    }
+    static let cases: [Case] = [(1, 1, 1), (3, 5, 7), (130, 33, 17), (300, 64, 8), (257, 129, 1), (5, 0, 3), (4, 6, 0), (20, 1500, 9)]
+        .flatMap { m, n, k in
+            [(false, false), (true, false), (false, true), (true, true)].map { Case(m: m, n: n, k: k, transposeA: $0.0, transposeB: $0.1) }
+        }
 
     static func values(_ count: Int, seed: Int) -> [Float] {
         (0..<count).map { Float(($0 * 37 + seed * 11) % 101) / 50 - 1 }
@@ -68,8 +69,9 @@ struct BLASTests {
         }
     }
 
-    @Test func threadCountDoesNotChangeTheBits() {
-        let (m, n, k) = (1000, 96, 40)
+    /// Rows split (many rows) and columns split (few rows, many columns: an output head).
+    @Test(arguments: [(1000, 96, 40), (60, 3000, 24)])
+    func threadCountDoesNotChangeTheBits(_ m: Int, _ n: Int, _ k: Int) {
         let a = Self.values(m * k, seed: 4), b = Self.values(k * n, seed: 5)
         func run(_ threads: Int) -> [Float] {
             var out = [Float](repeating: 0, count: m * n)

@@ -44,10 +44,11 @@ let package = Package(
         .target(name: "NF4Format", dependencies: ["TensorCore", "CZstd"]),
         .target(name: "HDF5Format", dependencies: ["TensorCore", "CHDF5"]),
         .target(name: "LoRAMerge", dependencies: ["TensorCore", "Quantization"], swiftSettings: kernelSettings),
+        .target(name: "Tokenizer", dependencies: ["TensorCore"], swiftSettings: kernelSettings),
         .target(
             name: "QToolCommands",
             dependencies: [
-                "TensorCore", "SafetensorsFormat", "Quantization", "NF4Format", "LoRAMerge", "HDF5Format", "CProcess",
+                "TensorCore", "SafetensorsFormat", "Quantization", "NF4Format", "LoRAMerge", "HDF5Format", "Tokenizer", "CProcess",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .executableTarget(name: "qtool", dependencies: ["QToolCommands"]),
@@ -55,7 +56,8 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["TensorCore"], path: "Tests/TestSupport"),
         // The readers as fuzz targets: run by `make fuzz` (libFuzzer) and by the regression test.
         .target(
-            name: "FuzzTargets", dependencies: ["TensorCore", "SafetensorsFormat", "NF4Format", "Quantization", "LoRAMerge", "HDF5Format"],
+            name: "FuzzTargets",
+            dependencies: ["TensorCore", "SafetensorsFormat", "NF4Format", "Quantization", "LoRAMerge", "HDF5Format", "Tokenizer"],
             path: "Tests/FuzzTargets"),
         .testTarget(name: "FuzzRegressionTests", dependencies: ["FuzzTargets", "TestSupport", "qtool"]),
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore", "SafetensorsFormat", "TestSupport"]),
@@ -65,6 +67,7 @@ let package = Package(
         .testTarget(name: "LoRAMergeTests", dependencies: ["LoRAMerge", "Quantization", "SafetensorsFormat", "TensorCore", "TestSupport"]),
         .testTarget(name: "HDF5FormatTests", dependencies: ["HDF5Format", "SafetensorsFormat", "TensorCore", "TestSupport", "qtool"]),
         .testTarget(name: "NF4FormatTests", dependencies: ["NF4Format", "TensorCore", "TestSupport"]),
+        .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "TensorCore", "TestSupport"]),
         .testTarget(name: "CLibrariesTests", dependencies: ["CZstd", "CHDF5", "COpenBLAS"]),
         .testTarget(
             name: "SafetensorsFormatTests",

@@ -46,13 +46,15 @@ let package = Package(
         .target(name: "NF4Format", dependencies: ["TensorCore", "CZstd"]),
         .target(name: "HDF5Format", dependencies: ["TensorCore", "CHDF5"]),
         .target(name: "LoRAMerge", dependencies: ["TensorCore", "Quantization"], swiftSettings: kernelSettings),
+        .target(name: "Tokenizer", dependencies: ["TensorCore"], swiftSettings: kernelSettings),
         .target(
             name: "LanguageModel", dependencies: ["TensorCore", "Quantization", "LoRAMerge", "CModelKernels"], swiftSettings: kernelSettings
         ),
         .target(
             name: "QToolCommands",
             dependencies: [
-                "TensorCore", "SafetensorsFormat", "Quantization", "NF4Format", "LoRAMerge", "HDF5Format", "LanguageModel", "CProcess",
+                "TensorCore", "SafetensorsFormat", "Quantization", "NF4Format", "LoRAMerge", "HDF5Format", "LanguageModel", "Tokenizer",
+                "CProcess",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .executableTarget(name: "qtool", dependencies: ["QToolCommands"]),
@@ -60,7 +62,8 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["TensorCore"], path: "Tests/TestSupport"),
         // The readers as fuzz targets: run by `make fuzz` (libFuzzer) and by the regression test.
         .target(
-            name: "FuzzTargets", dependencies: ["TensorCore", "SafetensorsFormat", "NF4Format", "Quantization", "LoRAMerge", "HDF5Format"],
+            name: "FuzzTargets",
+            dependencies: ["TensorCore", "SafetensorsFormat", "NF4Format", "Quantization", "LoRAMerge", "HDF5Format", "Tokenizer"],
             path: "Tests/FuzzTargets"),
         .testTarget(name: "FuzzRegressionTests", dependencies: ["FuzzTargets", "TestSupport", "qtool"]),
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore", "SafetensorsFormat", "TestSupport"]),
@@ -73,6 +76,7 @@ let package = Package(
             name: "LanguageModelTests",
             dependencies: ["LanguageModel", "LoRAMerge", "Quantization", "SafetensorsFormat", "TensorCore", "TestSupport"]),
         .testTarget(name: "NF4FormatTests", dependencies: ["NF4Format", "TensorCore", "TestSupport"]),
+        .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "TensorCore", "TestSupport"]),
         .testTarget(name: "CLibrariesTests", dependencies: ["CZstd", "CHDF5", "COpenBLAS"]),
         .testTarget(
             name: "SafetensorsFormatTests",

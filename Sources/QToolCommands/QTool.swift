@@ -28,6 +28,8 @@ public struct QTool: ParsableCommand {
                             qtool dequantize out/tiny.nf4 out/tiny-restored
               merge       Fold LoRA adapters (PEFT, mlx-lm) into a base, as PEFT does.
                             qtool merge fixtures/tiny-llama --adapter fixtures/lora/lora -o out/merged
+              tokenize    Encode a text with a model's tokenizer.json, as HF tokenizers does.
+                            qtool tokenize fixtures/tiny-llama --text "Hello world"
               info        The CPU, BLAS kernel and library versions (for bug reports).
                             qtool info --bench
 
@@ -35,7 +37,8 @@ public struct QTool: ParsableCommand {
             """,
         version: version,
         subcommands: [
-            InspectCommand.self, ConvertCommand.self, QuantizeCommand.self, DequantizeCommand.self, MergeCommand.self, InfoCommand.self,
+            InspectCommand.self, ConvertCommand.self, QuantizeCommand.self, DequantizeCommand.self, MergeCommand.self, TokenizeCommand.self,
+            InfoCommand.self,
         ]
     )
 

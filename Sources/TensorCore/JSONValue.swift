@@ -133,7 +133,9 @@ public struct JSONParser {
         defer { depth -= 1 }
         position += 1
         var members: [JSONMember] = []
-        var seen = Set<String>()
+        // Keys are told apart by their bytes: Swift's String equality is canonical equivalence
+        // ("\u{E0}" == "a\u{300}"), and a vocabulary holds both spellings as different keys.
+        var seen = Set<[UInt8]>()
         skipWhitespace()
         if current == UInt8(ascii: "}") {
             position += 1
@@ -144,7 +146,7 @@ public struct JSONParser {
             guard current == UInt8(ascii: "\"") else { throw error("expected a string key") }
             let keyOffset = position
             let key = try parseString()
-            guard seen.insert(key).inserted else {
+            guard seen.insert(Array(key.utf8)).inserted else {
                 throw JSONParseError(offset: keyOffset, message: "duplicate key \"\(key)\"", duplicateKey: key)
             }
             skipWhitespace()

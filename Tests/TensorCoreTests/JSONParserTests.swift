@@ -44,6 +44,17 @@ struct JSONParserTests {
         }
     }
 
+    /// "à" and "a" + U+0300 are equal Swift strings but different keys (vocabularies hold both).
+    @Test func tellsKeysApartByTheirBytes() throws {
+        let members = try #require(try JSONParser.parse("{\"\u{E0}\": 1, \"a\u{300}\": 2}").objectMembers)
+        #expect(members.map { Array($0.key.utf8) } == [[0xC3, 0xA0], [0x61, 0xCC, 0x80]])
+        #expect {
+            _ = try JSONParser.parse("{\"a\u{300}\": 1, \"a\\u0300\": 2}")
+        } throws: { error in
+            (error as? JSONParseError)?.message.contains("duplicate key") == true
+        }
+    }
+
     @Test func limitsNestingDepth() {
         let deep = String(repeating: "[", count: 1000) + String(repeating: "]", count: 1000)
         #expect(throws: JSONParseError.self) { _ = try JSONParser.parse(deep) }

@@ -1,0 +1,362 @@
+/// The byte-pair encoding model of tokenizers (`"type": "BPE"`): a vocabulary, ranked merges, and
+/// what to do with characters the vocabulary lacks (`byte_fallback`, `unk_token`).
+///
+/// A word is split into units (bytes in byte-level tokenizers, Unicode scalars otherwise), each
+/// looked up in the vocabulary, then the adjacent pair of lowest rank is merged until no pair has
+/// a merge, ties going to the leftmost pair — tokenizers' `Word::merge_all`, with a heap of
+/// (rank, position) and a linked list of symbols.
+///
+/// Byte-level vocabularies spell bytes as GPT-2's printable characters (`Ġ` for a space); qtool
+/// keys the model's lookups by the bytes those characters stand for instead, so that text is
+/// never mapped: a word's own UTF-8 bytes are looked up.
+final class BPEModel: Sendable {
+    /// Bytes (in the model's space) to token id, for units and for whole words (`ignore_merges`).
+    let vocabulary: ByteTable
+    let merges: PairTable
+    let byteLevel: Bool
+    /// The id of each byte as a unit (byte-level only), -1 when the vocabulary lacks it.
+    let byteUnitIDs: [Int32]
+    /// `<0xNN>` ids (byte_fallback), -1 for a missing one; empty without byte_fallback.
+    let byteFallbackIDs: [Int32]
+    let unknownID: Int32?
+    let fuseUnknown: Bool
+    let ignoreMerges: Bool
+
+    /// Words longer than this are not cached (tokenizers' MAX_LENGTH).
+    static let longestCachedWord = 256
+
+    init(
+        vocabulary: ByteTable, merges: PairTable, byteLevel: Bool, byteUnitIDs: [Int32], byteFallbackIDs: [Int32],
+        unknownID: Int32?, fuseUnknown: Bool, ignoreMerges: Bool
+    ) {
+        self.vocabulary = vocabulary
+        self.merges = merges
+        self.byteLevel = byteLevel
+        self.byteUnitIDs = byteUnitIDs
+        self.byteFallbackIDs = byteFallbackIDs
+        self.unknownID = unknownID
+        self.fuseUnknown = fuseUnknown
+        self.ignoreMerges = ignoreMerges
+    }
+
+    /// Appends the ids of `word` (bytes in the model's space).
+    @inline(__always)
+    func tokenize(_ word: UnsafeBufferPointer<UInt8>, into ids: inout [Int32], scratch: inout EncodingScratch) {
+        if ignoreMerges, let id = vocabulary.find(word) {
+            ids.append(id)
+            return
+        }
+        let cacheable = word.count <= Self.longestCachedWord
+        if cacheable, let cached = scratch.cache.find(word) {
+            scratch.cache.append(cached, to: &ids)
+            return
+        }
+        let start = ids.count
+        merge(word, into: &ids, symbols: &scratch.symbols)
+        if cacheable { scratch.cache.insert(word, ids: ids[start...]) }
+    }
+
+    /// The symbols of `word` before any merge, as tokenizers' `merge_word` makes them: known units,
+    /// byte fallback for unknown ones, else the unknown token (fused when `fuse_unk`), else nothing.
+    private func units(_ word: UnsafeBufferPointer<UInt8>, into symbols: inout SymbolList) {
+        var pendingUnknown = false
+        func add(_ id: Int32) { symbols.append(id) }
+        var i = 0
+        while i < word.count {
+            let length = byteLevel ? 1 : UTF8Text.scalar(word, at: i).length
+            let id: Int32? =
+                byteLevel
+                ? (byteUnitIDs[Int(word[i])] >= 0 ? byteUnitIDs[Int(word[i])] : nil)
+                : vocabulary.find(UnsafeBufferPointer(rebasing: word[i..<i + length]))
+            defer { i += length }
+            if let id {
+                if pendingUnknown, let unknownID { add(unknownID) }
+                pendingUnknown = false
+                add(id)
+                continue
+            }
+            if !byteFallbackIDs.isEmpty, let fallback = fallbackIDs(word, i, length) {
+                // tokenizers adds these before an unknown token still pending.
+                for id in fallback { add(id) }
+                continue
+            }
+            guard let unknownID else { continue }
+            if pendingUnknown && !fuseUnknown { add(unknownID) }
+            pendingUnknown = true
+        }
+        if pendingUnknown, let unknownID { add(unknownID) }
+    }
+
+    /// The `<0xNN>` ids of a unit's bytes (in byte-level vocabularies, of the UTF-8 of the
+    /// character that stands for the byte), or nil when one is missing.
+    private func fallbackIDs(_ word: UnsafeBufferPointer<UInt8>, _ i: Int, _ length: Int) -> [Int32]? {
+        var bytes: [UInt8] = []
+        if byteLevel {
+            UTF8Text.append(ByteLevelAlphabet.character(of: word[i]), to: &bytes)
+        } else {
+            bytes = Array(word[i..<i + length])
+        }
+        var ids: [Int32] = []
+        for byte in bytes {
+            let id = byteFallbackIDs[Int(byte)]
+            guard id >= 0 else { return nil }
+            ids.append(id)
+        }
+        return ids
+    }
+
+    private func merge(_ word: UnsafeBufferPointer<UInt8>, into ids: inout [Int32], symbols: inout SymbolList) {
+        symbols.reset()
+        units(word, into: &symbols)
+        let count = symbols.ids.count
+        if count == 0 { return }
+        if count == 1 {
+            ids.append(symbols.ids[0])
+            return
+        }
+        symbols.heap.removeAll(keepingCapacity: true)
+        for position in 0..<count - 1 {
+            if let rank = merges.rank(symbols.ids[position], symbols.ids[position + 1]) {
+                symbols.heap.push(rank: rank, position: position)
+            }
+        }
+        while let (rank, position) = symbols.heap.pop() {
+            guard symbols.alive[position] else { continue }
+            let next = Int(symbols.next[position])
+            guard next >= 0 else { continue }
+            // A stale entry: the pair at this position has changed since it was queued.
+            guard let merged = merges.merge(symbols.ids[position], symbols.ids[next]), merged.rank == rank else { continue }
+            symbols.ids[position] = merged.id
+            symbols.alive[next] = false
+            let after = Int(symbols.next[next])
+            symbols.next[position] = Int32(after)
+            if after >= 0 { symbols.previous[after] = Int32(position) }
+            let before = Int(symbols.previous[position])
+            if before >= 0, let rank = merges.rank(symbols.ids[before], merged.id) {
+                symbols.heap.push(rank: rank, position: before)
+            }
+            if after >= 0, let rank = merges.rank(merged.id, symbols.ids[after]) {
+                symbols.heap.push(rank: rank, position: position)
+            }
+        }
+        var position = 0
+        while position >= 0 {
+            ids.append(symbols.ids[position])
+            position = Int(symbols.next[position])
+        }
+    }
+}
+
+/// The symbols of one word while it is merged: a linked list over arrays kept between words.
+struct SymbolList {
+    var ids: [Int32] = []
+    var previous: [Int32] = []
+    var next: [Int32] = []
+    var alive: [Bool] = []
+    var heap = MergeHeap()
+
+    mutating func reset() {
+        ids.removeAll(keepingCapacity: true)
+        previous.removeAll(keepingCapacity: true)
+        next.removeAll(keepingCapacity: true)
+        alive.removeAll(keepingCapacity: true)
+    }
+
+    @inline(__always)
+    mutating func append(_ id: Int32) {
+        let index = Int32(ids.count)
+        if index > 0 { next[Int(index) - 1] = index }
+        ids.append(id)
+        previous.append(index - 1)
+        next.append(-1)
+        alive.append(true)
+    }
+}
+
+/// A binary min-heap of (rank, position), ordered by rank then position: the lowest merge
+/// first, the leftmost among equals.
+struct MergeHeap {
+    private var items: [UInt64] = []
+
+    mutating func removeAll(keepingCapacity: Bool) { items.removeAll(keepingCapacity: keepingCapacity) }
+
+    @inline(__always)
+    mutating func push(rank: UInt32, position: Int) {
+        var i = items.count
+        items.append(UInt64(rank) << 32 | UInt64(UInt32(truncatingIfNeeded: position)))
+        let item = items[i]
+        while i > 0 {
+            let parent = (i - 1) / 2
+            guard items[parent] > item else { break }
+            items[i] = items[parent]
+            i = parent
+        }
+        items[i] = item
+    }
+
+    @inline(__always)
+    mutating func pop() -> (UInt32, Int)? {
+        guard let top = items.first else { return nil }
+        let last = items.removeLast()
+        if !items.isEmpty {
+            var i = 0
+            let count = items.count
+            while true {
+                let left = 2 * i + 1
+                if left >= count { break }
+                var child = left
+                if left + 1 < count && items[left + 1] < items[left] { child = left + 1 }
+                guard items[child] < last else { break }
+                items[i] = items[child]
+                i = child
+            }
+            items[i] = last
+        }
+        return (UInt32(top >> 32), Int(top & 0xFFFF_FFFF))
+    }
+}
+
+/// Merges by the ids of their two parts: the merge's rank (its place in the list) and the id of
+/// the token it makes.
+struct PairTable: Sendable {
+    private var keys: [UInt64]
+    private var values: [UInt64]
+    private var mask: Int
+    private(set) var count = 0
+    private static let empty = UInt64.max
+
+    init(capacity: Int) {
+        var size = 16
+        while size < capacity * 2 { size <<= 1 }
+        keys = [UInt64](repeating: Self.empty, count: size)
+        values = [UInt64](repeating: 0, count: size)
+        mask = size - 1
+    }
+
+    @inline(__always)
+    private func slot(_ key: UInt64) -> Int {
+        var h = key &* 0x9E37_79B9_7F4A_7C15
+        h ^= h >> 29
+        return Int(truncatingIfNeeded: h) & mask
+    }
+
+    /// Sets the merge of (`left`, `right`); a later merge of the same pair replaces an earlier one
+    /// (tokenizers collects the list into a map).
+    mutating func set(_ left: Int32, _ right: Int32, rank: UInt32, id: Int32) {
+        let key = UInt64(UInt32(bitPattern: left)) << 32 | UInt64(UInt32(bitPattern: right))
+        var i = slot(key)
+        while keys[i] != Self.empty && keys[i] != key { i = (i + 1) & mask }
+        if keys[i] == Self.empty { count += 1 }
+        keys[i] = key
+        values[i] = UInt64(rank) << 32 | UInt64(UInt32(bitPattern: id))
+    }
+
+    @inline(__always)
+    func merge(_ left: Int32, _ right: Int32) -> (rank: UInt32, id: Int32)? {
+        let key = UInt64(UInt32(bitPattern: left)) << 32 | UInt64(UInt32(bitPattern: right))
+        return keys.withUnsafeBufferPointer { keys in
+            var i = slot(key)
+            while true {
+                let found = keys[i]
+                if found == key {
+                    let value = values[i]
+                    return (UInt32(value >> 32), Int32(bitPattern: UInt32(value & 0xFFFF_FFFF)))
+                }
+                if found == Self.empty { return nil }
+                i = (i + 1) & mask
+            }
+        }
+    }
+
+    @inline(__always)
+    func rank(_ left: Int32, _ right: Int32) -> UInt32? { merge(left, right)?.rank }
+}
+
+/// Words already encoded in this call (or an earlier one): their bytes and ids. Emptied when it
+/// grows past its bounds.
+struct WordCache {
+    private var table = ByteTable(capacity: 4096)
+    private var ids: [Int32] = []
+    static let maximumWords = 100_000
+    static let maximumIDs = 4 << 20
+
+    @inline(__always)
+    func find(_ word: UnsafeBufferPointer<UInt8>) -> Int32? { table.find(word) }
+
+    @inline(__always)
+    func append(_ entry: Int32, to out: inout [Int32]) {
+        let start = Int(entry)
+        let count = Int(ids[start])
+        out.append(contentsOf: ids[start + 1...start + count])
+    }
+
+    mutating func insert(_ word: UnsafeBufferPointer<UInt8>, ids wordIDs: ArraySlice<Int32>) {
+        if table.count >= Self.maximumWords || ids.count + wordIDs.count + 1 > Self.maximumIDs {
+            table.removeAll()
+            ids.removeAll(keepingCapacity: true)
+        }
+        let entry = Int32(ids.count)
+        ids.append(Int32(wordIDs.count))
+        ids.append(contentsOf: wordIDs)
+        table.insert(word, value: entry)
+    }
+}
+
+/// What one encoding call works in: the word cache and the merge buffers, kept between calls.
+struct EncodingScratch {
+    var cache = WordCache()
+    var symbols = SymbolList()
+}
+
+/// GPT-2's `bytes_to_unicode`: the printable character that stands for each byte in byte-level
+/// vocabularies ('!'…'~', '¡'…'¬', '®'…'ÿ' for themselves, the rest from U+0100 on).
+enum ByteLevelAlphabet {
+    static let characters: [UInt32] = {
+        var table = [UInt32](repeating: 0, count: 256)
+        var next: UInt32 = 256
+        for byte in 0..<256 {
+            if (0x21...0x7E).contains(byte) || (0xA1...0xAC).contains(byte) || (0xAE...0xFF).contains(byte) {
+                table[byte] = UInt32(byte)
+            } else {
+                table[byte] = next
+                next += 1
+            }
+        }
+        return table
+    }()
+
+    /// Character to byte, for the characters up to U+0143 (-1 for the others).
+    static let bytes: [Int16] = {
+        var table = [Int16](repeating: -1, count: 0x144)
+        for (byte, character) in characters.enumerated() { table[Int(character)] = Int16(byte) }
+        return table
+    }()
+
+    static func character(of byte: UInt8) -> UInt32 { characters[Int(byte)] }
+
+    static func byte(of character: UInt32) -> UInt8? {
+        guard character < 0x144 else { return nil }
+        let byte = bytes[Int(character)]
+        return byte >= 0 ? UInt8(byte) : nil
+    }
+
+    /// The bytes a byte-level token stands for, or nil when a character of it stands for none.
+    static func decode(_ token: [UInt8]) -> [UInt8]? {
+        var out: [UInt8] = []
+        out.reserveCapacity(token.count)
+        var ok = true
+        token.withUnsafeBufferPointer { token in
+            var i = 0
+            while i < token.count {
+                let (scalar, length) = UTF8Text.scalar(token, at: i)
+                guard let byte = byte(of: scalar) else {
+                    ok = false
+                    return
+                }
+                out.append(byte)
+                i += length
+            }
+        }
+        return ok ? out : nil
+    }
+}

@@ -2,6 +2,7 @@ import Foundation
 import LanguageModel
 import LoRAMerge
 import TensorCore
+import Tokenizer
 
 /// A model folder (safetensors, bitsandbytes 4-bit) or a `.nf4` container opened for the model
 /// stage: its config, its weights bound to the decoder, and its companion files (the tokenizer).
@@ -21,6 +22,15 @@ struct LoadedModel {
         let loaded = try adapters.map(AdapterFolder.parseSpec).map { (adapter: try AdapterFolder.load($0.path), weight: $0.weight) }
         let model = try LanguageModel(config: config, tensors: tensors, adapters: loaded, path: path, threads: threads)
         return LoadedModel(model: model, checkpoint: checkpoint)
+    }
+
+    /// The model's tokenizer: tokenizer.json (and tokenizer_config.json) beside its weights.
+    func tokenizer() throws -> Tokenizer {
+        guard let json = try companion("tokenizer.json") else {
+            throw CommandError(path: checkpoint.path, "no tokenizer.json beside the model")
+        }
+        let path = checkpoint.isFolder ? checkpoint.path + "/tokenizer.json" : checkpoint.path
+        return try Tokenizer(json: json, config: try companion("tokenizer_config.json"), path: path)
     }
 
     /// A companion file's bytes (tokenizer.json, tokenizer_config.json), nil when absent.

@@ -314,6 +314,103 @@ def machine_report(args):
     return {"case": "machine", "info": report, "generic_sgemm_gflops": base}
 
 
+EVAL_CONFIGS = {
+    # SmolLM2-135M's shape, random weights.
+    "135M": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                 vocab_size=49152, tie_word_embeddings=True),
+    "16M": dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=8,
+                vocab_size=4096, tie_word_embeddings=False),
+}
+
+
+def make_eval_inputs(work):
+    """Random-weight Llama models of each config (float32, with the fixture tokenizer), their .nf4
+    made by qtool later, and a JSON Lines file whose 8 lines each give at least 512 tokens."""
+    script = """
+import sys, json, torch, shutil
+from transformers import LlamaConfig, LlamaForCausalLM
+name, folder, fixtures = sys.argv[1], sys.argv[2], sys.argv[3]
+torch.manual_seed(0)
+config = LlamaConfig(max_position_embeddings=2048, rms_norm_eps=1e-5, **json.loads(sys.argv[4]))
+LlamaForCausalLM(config).to(torch.float32).save_pretrained(folder)
+for f in ("tokenizer.json", "tokenizer_config.json"):
+    shutil.copy(fixtures + "/models/llama-gqa/" + f, folder + "/" + f)
+"""
+    models = {}
+    for name, config in EVAL_CONFIGS.items():
+        folder = work / f"eval-{name}"
+        if not (folder / "model.safetensors").exists():
+            subprocess.run([PY, "-c", script, name, str(folder), str(ROOT / "fixtures"), json.dumps(config)], check=True,
+                           capture_output=True)
+        models[name] = folder
+    data = work / "eval.jsonl"
+    if not data.exists():
+        text = (ROOT / "fixtures/text/corpus.txt").read_text()
+        with open(data, "w") as f:
+            for i in range(8):
+                start = (i * 997) % max(1, len(text) - 4000)
+                f.write(json.dumps({"text": text[start:start + 4000]}) + "\n")
+    return models, data
+
+
+def flops_per_token(config, length):
+    """Multiply-adds ×2 of a forward pass per token: the linear layers, the head, and causal
+    attention (scores and values over the keys up to each position: length/2 on average)."""
+    d, i, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    heads, kv = config["num_attention_heads"], config["num_key_value_heads"]
+    hd = d // heads
+    linear = layers * (d * heads * hd + 2 * d * kv * hd + heads * hd * d + 3 * d * i)
+    attention = layers * heads * hd * length  # 2 products × length/2 keys
+    return 2 * (linear + config["vocab_size"] * d + attention)
+
+
+def eval_cases(args, work, env, peak):
+    """qtool eval against transformers on the same lines at batch 4 × 512, from float32 and NF4."""
+    models, data = make_eval_inputs(work)
+    rows = []
+    for name, folder in models.items():
+        nf4 = work / f"eval-{name}.nf4"
+        if not nf4.exists():
+            run([args.qtool, "quantize", str(folder), str(nf4), "--quiet"], env)
+        for kind, qmodel, pflags in (("f32", folder, []), ("nf4", nf4, ["--nf4"])):
+            qcmd = [args.qtool, "eval", str(qmodel), "--data", str(data), "--max-seq-len", "512", "--batch-size", "4", "--json", "--quiet"]
+            pcmd = [PY, str(ROOT / "Benchmarks/peer_eval.py"), str(folder), str(data), "--max-seq-len", "512", "--batch-size", "4"] + pflags
+            best = {}
+            for _ in range(args.repeat if name == "16M" else 1):
+                for who, cmd in (("qtool", qcmd), ("peer", pcmd)):
+                    wall, rss, out = run(cmd, env)
+                    result = json.loads(out)
+                    if who not in best or result["tokens_per_second"] > best[who]["tps"]:
+                        best[who] = {"tps": result["tokens_per_second"], "rss": rss, "loss": result["loss"]}
+            flops = flops_per_token(EVAL_CONFIGS[name], 512)
+            rows.append({"case": f"eval {name} {kind}", "qtool_tokens_per_second": best["qtool"]["tps"], "qtool_peak_rss": best["qtool"]["rss"],
+                         "peer_tokens_per_second": best["peer"]["tps"], "peer_peak_rss": best["peer"]["rss"],
+                         "speedup": best["qtool"]["tps"] / best["peer"]["tps"],
+                         "qtool_gflops": best["qtool"]["tps"] * flops / 1e9, "share_of_sgemm_peak": best["qtool"]["tps"] * flops / 1e9 / peak,
+                         "qtool_loss": best["qtool"]["loss"], "peer_loss": best["peer"]["loss"]})
+    return rows
+
+
+def eval_table(args, work, env, machine):
+    peak = machine["info"]["blas"]["sgemm_gflops"]["all"] or 1
+    rows = eval_cases(args, work, env, peak)
+    table(f"{'case':16} {'qtool tok/s':>11} {'peak RSS':>9} | {'peer tok/s':>10} {'peak RSS':>9} | {'× peer':>6} | {'GFLOP/s':>7} {'of peak':>7} | {'loss q':>8} {'loss p':>8}",
+          [f"{r['case']:16} {r['qtool_tokens_per_second']:11.0f} {fmt_bytes(r['qtool_peak_rss']):>9} | {r['peer_tokens_per_second']:10.0f} "
+           f"{fmt_bytes(r['peer_peak_rss']):>9} | {r['speedup']:6.2f} | {r['qtool_gflops']:7.1f} {r['share_of_sgemm_peak'] * 100:6.1f}% | "
+           f"{r['qtool_loss']:8.4f} {r['peer_loss']:8.4f}" for r in rows],
+          f"eval: random-weight Llama configs (135M: SmolLM2-135M's shape; 16M: 4 layers, hidden 512), 8 lines of 512 tokens "
+          f"at batch 4; peer: transformers float32 (NF4: transformers + bitsandbytes, float32 compute) in process, load excluded; "
+          f"of peak: qtool's GFLOP/s against `qtool info --bench`'s all-thread sgemm ({peak:.0f} GFLOP/s), kernel "
+          f"{machine['info']['blas']['kernel']}")
+    f32 = {r["case"].split()[1]: r for r in rows if r["case"].endswith("f32")}
+    for r in rows:
+        if r["case"].endswith("nf4"):
+            size = r["case"].split()[1]
+            print(f"{r['case']}: qtool peak RSS {fmt_bytes(r['qtool_peak_rss'])} = {r['qtool_peak_rss'] / f32[size]['peer_peak_rss'] * 100:.0f}% "
+                  f"of transformers' from float32 ({fmt_bytes(f32[size]['peer_peak_rss'])})")
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dir", default="/dev/shm/qtool-bench", help="work folder (inputs and outputs)")
@@ -321,7 +418,7 @@ def main():
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--qtool", default=str(ROOT / ".build/release/qtool"))
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
-    parser.add_argument("--only", choices=["memory"], help="run one part only")
+    parser.add_argument("--only", choices=["memory", "eval"], help="run one part only")
     args = parser.parse_args()
 
     work = Path(args.dir)
@@ -329,6 +426,9 @@ def main():
     machine = machine_report(args)
     if args.only == "memory":
         memory_table(args, work, dict(os.environ, OPENBLAS_NUM_THREADS="1"))
+        return
+    if args.only == "eval":
+        eval_table(args, work, dict(os.environ, OPENBLAS_NUM_THREADS="1"), machine)
         return
     src = work / f"input-f32-{args.size_gb:g}GB.safetensors"
     make_input(src, args.size_gb)
@@ -391,9 +491,10 @@ def main():
            f"{h['speedup_vs_peer_inprocess']:6.2f} {h['speedup_vs_peer_process']:9.2f}"],
           f"hdf5: {fmt_bytes(h['input_bytes'])} of float32 datasets written by h5py; peer: h5py reads every dataset, "
           f"safetensors save_file writes them")
+    erows = eval_table(args, work, env, machine)
     mrows = memory_table(args, work, env)
     if args.json:
-        print(json.dumps([machine] + results + qrows + [m, h] + mrows, indent=2))
+        print(json.dumps([machine] + results + qrows + [m, h] + erows + mrows, indent=2))
 
 
 if __name__ == "__main__":

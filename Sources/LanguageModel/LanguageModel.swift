@@ -7,7 +7,7 @@ import TensorCore
 /// RMSNorm and the output head (the embedding when tied).
 ///
 /// Weights stay as the checkpoint stores them: float32 mapped, other floats widened once, 4-bit
-/// widened a tile of rows at a time before each product. LoRA adapters are applied un-merged.
+/// widened tile by tile into one reused buffer just before its product, a matrix at a time. LoRA adapters are applied un-merged.
 /// Sequences of a batch may differ in length: linear layers run over all their rows at once,
 /// attention over each sequence on its own.
 public final class LanguageModel: @unchecked Sendable {
@@ -18,6 +18,8 @@ public final class LanguageModel: @unchecked Sendable {
     let head: Linear
     let rotary: RotaryTable
     public let threads: Int
+    /// Where 4-bit matrices are widened, one at a time.
+    let workspace = Workspace()
 
     struct DecoderLayer {
         let inputNorm: [Float]
@@ -198,7 +200,7 @@ public final class LanguageModel: @unchecked Sendable {
     public func logits(hidden: UnsafePointer<Float>, rows: Int, into output: UnsafeMutablePointer<Float>) {
         head.forward(
             MatrixView(hidden, rows: rows, columns: config.hiddenSize),
-            into: MutableMatrixView(output, rows: rows, columns: config.vocabSize), threads: threads)
+            into: MutableMatrixView(output, rows: rows, columns: config.vocabSize), threads: threads, workspace: workspace)
     }
 
     /// Next-token negative log-likelihood summed over every position of every sequence that has a
@@ -307,7 +309,8 @@ public final class LanguageModel: @unchecked Sendable {
                     out.withUnsafeMutableBufferPointer { ob in
                         linear.forward(
                             MatrixView(ib.baseAddress!, rows: rows, columns: width),
-                            into: MutableMatrixView(ob.baseAddress!, rows: rows, columns: linear.outFeatures), threads: threads)
+                            into: MutableMatrixView(ob.baseAddress!, rows: rows, columns: linear.outFeatures), threads: threads,
+                            workspace: workspace)
                     }
                 }
             }

@@ -3,8 +3,8 @@ import Quantization
 import TensorCore
 
 /// A weight matrix `[rows, columns]` as products read it: float32 in memory (mapped when the file
-/// holds float32, widened once otherwise), or 4-bit, widened a tile of rows at a time just before
-/// its product and never whole.
+/// holds float32, widened once otherwise), or 4-bit, widened tile by tile into a reused buffer
+/// just before its product (one matrix of the model at a time).
 public final class WeightMatrix: @unchecked Sendable {
     public let rows: Int
     public let columns: Int
@@ -67,35 +67,51 @@ public final class WeightMatrix: @unchecked Sendable {
         }
     }
 
-    /// `output = input·selfᵀ` (`[n, columns]·[columns, rows]`). A 4-bit matrix is widened a tile
-    /// of rows at a time by each task into its own buffer, then multiplied on that task's thread.
-    public func product(_ input: MatrixView, into output: MutableMatrixView, threads: Int) {
+    /// `output = input·selfᵀ` (`[n, columns]·[columns, rows]`). A 4-bit matrix is first widened
+    /// into `workspace` (the threads each taking a share of its tiles of rows), then multiplied as
+    /// a float one: only one matrix of the model is ever widened at a time.
+    public func product(_ input: MatrixView, into output: MutableMatrixView, threads: Int, workspace: Workspace) {
         precondition(input.columns == columns && output.columns == rows && output.rows == input.rows)
         if let dense {
             BLAS.linear(input: input, weight: MatrixView(dense, rows: rows, columns: columns), into: output, threads: threads)
             return
         }
+        let buffer = workspace.floats(rows * columns)
+        let target = SendableMutableRawPointer(UnsafeMutableRawPointer(buffer))
         let tile = WeightMatrix.tileRows
         let tiles = (rows + tile - 1) / tile
-        let shared = SendableViews(input: input, output: output)
-        // A buffer per chunk and a chunk per thread (each tile is its own product: the split does
-        // not change the result).
         parallelForChunks(count: tiles, chunk: (tiles + threads - 1) / max(1, threads), threads: threads) { chunk in
-            let buffer = UnsafeMutablePointer<Float>.allocate(capacity: tile * self.columns)
-            defer { buffer.deallocate() }
             for index in chunk {
                 let range = (index * tile)..<min(self.rows, (index + 1) * tile)
-                self.widenRows(range, into: buffer)
-                let out = MutableMatrixView(
-                    shared.output.base + range.lowerBound, rows: shared.output.rows, columns: range.count,
-                    rowStride: shared.output.rowStride)
-                BLAS.linear(input: shared.input, weight: MatrixView(buffer, rows: range.count, columns: self.columns), into: out)
+                self.widenRows(range, into: target.raw.assumingMemoryBound(to: Float.self) + range.lowerBound * self.columns)
             }
         }
+        BLAS.linear(input: input, weight: MatrixView(buffer, rows: rows, columns: columns), into: output, threads: threads)
     }
 
-    /// Rows of a 4-bit matrix widened at once by one task.
+    /// Rows of a 4-bit matrix a task widens at a time.
     static let tileRows = 128
+}
+
+/// Memory a forward pass reuses for the matrix it is widening: grown to the largest 4-bit
+/// matrix, never freed while the model lives. One forward pass uses it at a time.
+public final class Workspace: @unchecked Sendable {
+    private var buffer: UnsafeMutablePointer<Float>?
+    private var capacity = 0
+
+    public init() {}
+
+    /// At least `count` floats (their contents undefined).
+    func floats(_ count: Int) -> UnsafeMutablePointer<Float> {
+        if count > capacity {
+            buffer?.deallocate()
+            buffer = UnsafeMutablePointer<Float>.allocate(capacity: max(count, 1))
+            capacity = max(count, 1)
+        }
+        return buffer!
+    }
+
+    deinit { buffer?.deallocate() }
 }
 
 /// Keeps a mapped tensor (and so its file) alive while a matrix points into it.
@@ -178,8 +194,8 @@ public struct Linear: @unchecked Sendable {
     }
 
     /// `output = input·Wᵀ (+ bias) (+ LoRA)`, input `[n, in]`, output `[n, out]`.
-    func forward(_ input: MatrixView, into output: MutableMatrixView, threads: Int) {
-        weight.product(input, into: output, threads: threads)
+    func forward(_ input: MatrixView, into output: MutableMatrixView, threads: Int, workspace: Workspace) {
+        weight.product(input, into: output, threads: threads, workspace: workspace)
         let n = input.rows, out = outFeatures
         if !terms.isEmpty {
             // DoRA scales W·x and the low-rank part alike: (m/‖·‖)·(W·x + s·B·A·x).

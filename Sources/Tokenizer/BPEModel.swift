@@ -39,9 +39,12 @@ final class BPEModel: Sendable {
         self.ignoreMerges = ignoreMerges
     }
 
-    /// Appends the ids of `word` (bytes in the model's space).
+    /// Appends the ids of `word` (bytes in the model's space); `vocabulary` is this model's
+    /// vocabulary (`withVocabulary`).
     @inline(__always)
-    func tokenize(_ word: UnsafeBufferPointer<UInt8>, into ids: inout [Int32], scratch: inout EncodingScratch) {
+    func tokenize(
+        _ word: UnsafeBufferPointer<UInt8>, vocabulary: ByteTable.View, into ids: inout [Int32], scratch: inout EncodingScratch
+    ) {
         if ignoreMerges, let id = vocabulary.find(word) {
             ids.append(id)
             return
@@ -52,13 +55,17 @@ final class BPEModel: Sendable {
             return
         }
         let start = ids.count
-        merge(word, into: &ids, symbols: &scratch.symbols)
+        merge(word, vocabulary: vocabulary, into: &ids, symbols: &scratch.symbols)
         if cacheable { scratch.cache.insert(word, ids: ids[start...]) }
     }
 
+    /// Runs `body` with the vocabulary as buffers, for the words of one text.
+    @inline(__always)
+    func withVocabulary<R>(_ body: (ByteTable.View) -> R) -> R { vocabulary.withView(body) }
+
     /// The symbols of `word` before any merge, as tokenizers' `merge_word` makes them: known units,
     /// byte fallback for unknown ones, else the unknown token (fused when `fuse_unk`), else nothing.
-    private func units(_ word: UnsafeBufferPointer<UInt8>, into symbols: inout SymbolList) {
+    private func units(_ word: UnsafeBufferPointer<UInt8>, vocabulary: ByteTable.View, into symbols: inout SymbolList) {
         var pendingUnknown = false
         func add(_ id: Int32) { symbols.append(id) }
         var i = 0
@@ -105,9 +112,11 @@ final class BPEModel: Sendable {
         return ids
     }
 
-    private func merge(_ word: UnsafeBufferPointer<UInt8>, into ids: inout [Int32], symbols: inout SymbolList) {
+    private func merge(
+        _ word: UnsafeBufferPointer<UInt8>, vocabulary: ByteTable.View, into ids: inout [Int32], symbols: inout SymbolList
+    ) {
         symbols.reset()
-        units(word, into: &symbols)
+        units(word, vocabulary: vocabulary, into: &symbols)
         let count = symbols.ids.count
         if count == 0 { return }
         if count == 1 {
@@ -285,9 +294,10 @@ struct WordCache {
 
     @inline(__always)
     func append(_ entry: Int32, to out: inout [Int32]) {
-        let start = Int(entry)
-        let count = Int(ids[start])
-        out.append(contentsOf: ids[start + 1...start + count])
+        ids.withUnsafeBufferPointer { ids in
+            let start = Int(entry)
+            out.append(contentsOf: UnsafeBufferPointer(rebasing: ids[start + 1...start + Int(ids[start])]))
+        }
     }
 
     mutating func insert(_ word: UnsafeBufferPointer<UInt8>, ids wordIDs: ArraySlice<Int32>) {

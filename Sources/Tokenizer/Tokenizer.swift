@@ -190,12 +190,14 @@ public final class Tokenizer: Sendable {
         var ids: [Int32] = []
         var scratch = scratchPool.withLock { $0.popLast() } ?? EncodingScratch()
         var text = text
-        text.withUTF8 { encode($0, into: &ids, scratch: &scratch) }
+        text.withUTF8 { text in model.withVocabulary { encode(text, vocabulary: $0, into: &ids, scratch: &scratch) } }
         scratchPool.withLock { pool in if pool.count < 4 { pool.append(scratch) } }
         return postProcessor.process(ids, addSpecialTokens: addSpecialTokens).map { Int($0) }
     }
 
-    private func encode(_ text: UnsafeBufferPointer<UInt8>, into ids: inout [Int32], scratch: inout EncodingScratch) {
+    private func encode(
+        _ text: UnsafeBufferPointer<UInt8>, vocabulary: ByteTable.View, into ids: inout [Int32], scratch: inout EncodingScratch
+    ) {
         ids.reserveCapacity(text.count / 3)
         for segment in rawMatcher.segments(text, tokens: addedTokens) {
             if let token = segment.token {
@@ -206,18 +208,22 @@ public final class Tokenizer: Sendable {
             let piece = UnsafeBufferPointer(rebasing: text[segment.range])
             let atStart = segment.range.lowerBound == 0
             if normalizer.isEmpty {
-                encodeNormalized(piece, atStart: atStart, into: &ids, scratch: &scratch)
+                encodeNormalized(piece, atStart: atStart, vocabulary: vocabulary, into: &ids, scratch: &scratch)
             } else {
                 let normalized = NormalizerStep.apply(normalizer, to: Array(piece))
-                normalized.withUnsafeBufferPointer { encodeNormalized($0, atStart: atStart, into: &ids, scratch: &scratch) }
+                normalized.withUnsafeBufferPointer {
+                    encodeNormalized($0, atStart: atStart, vocabulary: vocabulary, into: &ids, scratch: &scratch)
+                }
             }
         }
     }
 
     /// Normalized text: its normalized added tokens, and words for the model between them.
     private func encodeNormalized(
-        _ text: UnsafeBufferPointer<UInt8>, atStart: Bool, into ids: inout [Int32], scratch: inout EncodingScratch
+        _ text: UnsafeBufferPointer<UInt8>, atStart: Bool, vocabulary: ByteTable.View, into ids: inout [Int32],
+        scratch: inout EncodingScratch
     ) {
+        let model = self.model
         for segment in normalizedMatcher.segments(text, tokens: addedTokens) {
             if let token = segment.token {
                 ids.append(addedTokens[token].id)
@@ -225,7 +231,7 @@ public final class Tokenizer: Sendable {
             }
             guard !segment.range.isEmpty else { continue }
             preTokenizer.words(UnsafeBufferPointer(rebasing: text[segment.range]), atStart: atStart && segment.range.lowerBound == 0) {
-                model.tokenize($0, into: &ids, scratch: &scratch)
+                model.tokenize($0, vocabulary: vocabulary, into: &ids, scratch: &scratch)
             }
         }
     }

@@ -296,7 +296,7 @@ struct WordCache {
     func append(_ entry: Int32, to out: inout [Int32]) {
         ids.withUnsafeBufferPointer { ids in
             let start = Int(entry)
-            out.append(contentsOf: UnsafeBufferPointer(rebasing: ids[start + 1...start + Int(ids[start])]))
+            out.append(contentsOf: UnsafeBufferPointer(rebasing: ids[start + 1..<start + 1 + Int(ids[start])]))
         }
     }
 

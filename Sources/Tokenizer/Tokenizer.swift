@@ -142,6 +142,15 @@ public final class Tokenizer: Sendable {
         var byID = [Int32](repeating: -1, count: largestID + 1)
         for (index, token) in added.enumerated() { byID[Int(token.id)] = Int32(index) }
         addedByID = byID
+        // tokenizers would emit an id the vocabulary lacks; such a template is a broken file.
+        for template in postProcessor.templates {
+            for case .special(let ids) in template {
+                for id in ids
+                where !(Int(id) < byID.count && (byID[Int(id)] >= 0 || (Int(id) < loaded.entries.count && loaded.entries[Int(id)] >= 0))) {
+                    throw root.invalid("post_processor: special token id \(id) names no token of the vocabulary")
+                }
+            }
+        }
         vocabularySize = loaded.vocabulary.count + added.filter { loaded.vocabulary.find($0.content) == nil }.count
 
         let special = try Self.configuredSpecialTokens(config, path: configPath ?? FilePaths.directory(of: path) + "/tokenizer_config.json")

@@ -82,6 +82,8 @@ struct AddedTokenMatcher: Sendable {
                     stop += length
                 }
             }
+            // A token that starts in the whitespace the one before took in (tokenizers panics).
+            start = min(start, stop)
             if covered < start { segments.append(Segment(range: covered..<start, token: nil)) }
             segments.append(Segment(range: start..<stop, token: index))
             covered = stop

@@ -93,9 +93,9 @@ public final class Tokenizer: Sendable {
         postProcessor =
             try root.member("post_processor").map { (json) throws(TokenizerError) in try PostProcessor(json) } ?? PostProcessor()
         decoder = try root.member("decoder").map { (json) throws(TokenizerError) in try DecoderStep.parse(json) }
-        let loaded = try BPEModel.load(modelJSON, byteLevel: preTokenizer.byteLevel)
-        model = loaded.model
-        vocabulary = loaded.vocabulary
+        let loaded = try BPEModel(modelJSON, byteLevel: preTokenizer.byteLevel)
+        model = loaded
+        vocabulary = loaded.writtenVocabulary
         vocabularyEntries = loaded.entries
 
         // tokenizers ignores the ids written in added_tokens: a token the vocabulary has takes its
@@ -103,7 +103,7 @@ public final class Tokenizer: Sendable {
         var added: [AddedToken] = []
         var addedByContent = ByteTable()
         var specialContents = ByteTable()
-        var nextID = Int32(loaded.vocabulary.count)
+        var nextID = Int32(loaded.writtenVocabulary.count)
         for entry in try root.member("added_tokens")?.elements() ?? [] {
             let content = Array(try entry.required("content").string().utf8)
             _ = try entry.required("id").integer(in: 0...Int(UInt32.max))
@@ -121,7 +121,7 @@ public final class Tokenizer: Sendable {
                 added[Int(existing)] = token
                 continue
             }
-            if let id = loaded.vocabulary.find(content) {
+            if let id = loaded.writtenVocabulary.find(content) {
                 token.id = id
             } else {
                 guard Int(nextID) <= Self.maximumTokenID else {
@@ -151,13 +151,13 @@ public final class Tokenizer: Sendable {
                 }
             }
         }
-        vocabularySize = loaded.vocabulary.count + added.filter { loaded.vocabulary.find($0.content) == nil }.count
+        vocabularySize = loaded.writtenVocabulary.count + added.filter { loaded.writtenVocabulary.find($0.content) == nil }.count
 
         let special = try Self.configuredSpecialTokens(config, path: configPath ?? FilePaths.directory(of: path) + "/tokenizer_config.json")
         func id(_ token: [UInt8]?) -> Int? {
             guard let token else { return nil }
             if let index = addedByContent.find(token) { return Int(added[Int(index)].id) }
-            return loaded.vocabulary.find(token).map(Int.init)
+            return loaded.writtenVocabulary.find(token).map(Int.init)
         }
         let around = postProcessor.specialsAround
         bosTokenID = special.configured ? id(special.bos) : around.before.map(Int.init)

@@ -143,12 +143,12 @@ public final class Tokenizer: Sendable {
         for (index, token) in added.enumerated() { byID[Int(token.id)] = Int32(index) }
         addedByID = byID
         // tokenizers would emit an id the vocabulary lacks; such a template is a broken file.
-        for template in postProcessor.templates {
-            for case .special(let ids) in template {
-                for id in ids
-                where !(Int(id) < byID.count && (byID[Int(id)] >= 0 || (Int(id) < loaded.entries.count && loaded.entries[Int(id)] >= 0))) {
-                    throw root.invalid("post_processor: special token id \(id) names no token of the vocabulary")
-                }
+        func namesToken(_ id: Int) -> Bool {
+            id < byID.count && (byID[id] >= 0 || (id < loaded.entries.count && loaded.entries[id] >= 0))
+        }
+        for case .special(let ids) in postProcessor.templates.joined() {
+            if let id = ids.first(where: { !namesToken(Int($0)) }) {
+                throw root.invalid("post_processor: special token id \(id) names no token of the vocabulary")
             }
         }
         vocabularySize = loaded.writtenVocabulary.count + added.filter { loaded.writtenVocabulary.find($0.content) == nil }.count

@@ -215,6 +215,64 @@ def hdf5_case(args, work, env):
             "speedup_vs_peer_inprocess": p["inproc"] / q["wall"], "speedup_vs_peer_process": p["wall"] / q["wall"]}
 
 
+def make_tokenize_input(work):
+    """About 3 MB of text: the tokenizers' training prose (fixtures/text/corpus.txt) and the
+    multilingual paragraph of the tokenizer goldens (nine scripts, emoji), repeated."""
+    path = work / "tokenize-input.txt"
+    goldens = json.loads((ROOT / "fixtures/tokenizers/goldens.json").read_text())
+    paragraph = next(c["text"] for c in goldens["tokenizers"]["tiny-llama"]["cases"] if c["name"] == "paragraph")
+    text = ((ROOT / "fixtures/text/corpus.txt").read_text() + paragraph * 20) * 16
+    path.write_text(text)
+    return path
+
+
+def tokenize_cases(args, work, env):
+    """qtool tokenize (whole process, --json to a file; and the encoding alone, --count) against
+    HF tokenizers' encode on one thread in process, loading excluded; the ids must be equal."""
+    text = make_tokenize_input(work)
+    size = text.stat().st_size
+    rows = []
+    for name in ["llama3-bytelevel", "llama2-legacy"]:
+        tokenizer = ROOT / "fixtures/tokenizers" / name / "tokenizer.json"
+        best = None
+        for _ in range(args.repeat):
+            wall, rss, out = run([args.qtool, "tokenize", str(tokenizer), "--file", str(text), "--json"], env)
+            if best is None or wall < best[0]:
+                best = (wall, rss, out)
+        qtool_ids = json.loads(best[2])["ids"]
+        encode = min(float(run([args.qtool, "tokenize", str(tokenizer), "--file", str(text), "--count"], env)[2].split()[1])
+                     for _ in range(args.repeat))
+        peer_ids = work / "peer-ids.json"
+        wall, rss, out = run([PY, str(ROOT / "Benchmarks/peer_tokenize.py"), str(tokenizer), str(text), str(peer_ids)],
+                             dict(env, TOKENIZERS_PARALLELISM="false", RAYON_NUM_THREADS="1"))
+        peer = json.loads(out)
+        same = json.loads(peer_ids.read_text()) == qtool_ids
+        peer_ids.unlink()
+        rows.append({"case": f"tokenize {name}", "input_bytes": size, "tokens": len(qtool_ids),
+                     "qtool_seconds": best[0], "qtool_mbps": size / best[0] / 1e6, "qtool_peak_rss": best[1],
+                     "qtool_encode_seconds": encode, "qtool_encode_mbps": size / encode / 1e6,
+                     "peer_seconds": peer["seconds"], "peer_mbps": size / peer["seconds"] / 1e6,
+                     "peer_lines_seconds": peer["lines_seconds"], "peer_lines_mbps": size / peer["lines_seconds"] / 1e6,
+                     "peer_peak_rss": rss, "speedup_vs_peer": peer["seconds"] / best[0],
+                     "encode_speedup_vs_peer": peer["seconds"] / encode,
+                     "same_ids": same})
+    return rows
+
+
+def tokenize_table(args, work, env):
+    rows = tokenize_cases(args, work, env)
+    table(f"{'case':26} {'qtool s':>8} {'MB/s':>6} {'encode MB/s':>11} {'peak RSS':>9} | {'HF MB/s':>7} {'by line':>7} | "
+          f"{'× HF':>5} {'encode × HF':>11} {'same ids':>8}",
+          [f"{r['case']:26} {r['qtool_seconds']:8.3f} {r['qtool_mbps']:6.1f} {r['qtool_encode_mbps']:11.1f} "
+           f"{fmt_bytes(r['qtool_peak_rss']):>9} | {r['peer_mbps']:7.2f} {r['peer_lines_mbps']:7.2f} | "
+           f"{r['speedup_vs_peer']:5.1f} {r['encode_speedup_vs_peer']:11.1f} {str(r['same_ids']):>8}" for r in rows],
+          f"tokenize: {rows[0]['input_bytes'] / 1e6:.1f} MB of text (English prose, nine scripts, emoji) as one string; "
+          f"qtool: whole process with --json (encode MB/s: the encoding alone, --count); HF: tokenizers encode on one "
+          f"thread in process, loading excluded (by line: each line encoded apart, other ids, for reference); "
+          f"× HF: HF's in-process seconds over qtool's")
+    return rows
+
+
 def make_memory_inputs(work):
     """About 4.3 GB of bf16: 32 Llama-named weights of 8192×8192 (134 MB each) and a norm,
     written by safetensors; an r=16 PEFT-format adapter (random factors) on every weight."""
@@ -418,7 +476,7 @@ def main():
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--qtool", default=str(ROOT / ".build/release/qtool"))
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
-    parser.add_argument("--only", choices=["memory", "eval"], help="run one part only")
+    parser.add_argument("--only", choices=["memory", "eval", "tokenize"], help="run one part only")
     args = parser.parse_args()
 
     work = Path(args.dir)
@@ -429,6 +487,11 @@ def main():
         return
     if args.only == "eval":
         eval_table(args, work, dict(os.environ, OPENBLAS_NUM_THREADS="1"), machine)
+        return
+    if args.only == "tokenize":
+        rows = tokenize_table(args, work, dict(os.environ, OPENBLAS_NUM_THREADS="1"))
+        if args.json:
+            print(json.dumps([machine] + rows, indent=2))
         return
     src = work / f"input-f32-{args.size_gb:g}GB.safetensors"
     make_input(src, args.size_gb)
@@ -491,10 +554,11 @@ def main():
            f"{h['speedup_vs_peer_inprocess']:6.2f} {h['speedup_vs_peer_process']:9.2f}"],
           f"hdf5: {fmt_bytes(h['input_bytes'])} of float32 datasets written by h5py; peer: h5py reads every dataset, "
           f"safetensors save_file writes them")
+    trows = tokenize_table(args, work, env)
     erows = eval_table(args, work, env, machine)
     mrows = memory_table(args, work, env)
     if args.json:
-        print(json.dumps([machine] + results + qrows + [m, h] + erows + mrows, indent=2))
+        print(json.dumps([machine] + results + qrows + [m, h] + trows + erows + mrows, indent=2))
 
 
 if __name__ == "__main__":

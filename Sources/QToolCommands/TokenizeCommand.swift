@@ -35,6 +35,11 @@ struct TokenizeCommand: ParsableCommand {
     @Flag(help: "Print {\"ids\": [...], \"tokens\": [...]} on standard output.")
     var json = false
 
+    /// For the benchmark: the number of tokens and the seconds the encoding took, so that the
+    /// encoding is what is timed.
+    @Flag(help: .hidden)
+    var count = false
+
     func validate() throws {
         try PathArguments.validate([("MODEL", model)] + (file.map { [("--file", $0)] } ?? []))
         guard (text == nil) != (file == nil) else { throw ValidationError("give the text with either --text or --file") }
@@ -43,8 +48,21 @@ struct TokenizeCommand: ParsableCommand {
     func run() throws {
         let tokenizer = try Tokenizer(path: model)
         let input = try text ?? Self.readText(file!)
+        let started = ContinuousClock.now
         let ids = tokenizer.encode(input, addSpecialTokens: !noSpecialTokens)
-        let tokens = ids.map { String(decoding: tokenizer.token($0) ?? [], as: UTF8.self) }
+        if count {
+            let elapsed = ContinuousClock.now - started
+            print(ids.count, Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18)
+            return
+        }
+        // Each distinct token spelled once.
+        var spelled: [Int: String] = [:]
+        let tokens = ids.map { id in
+            if let known = spelled[id] { return known }
+            let text = String(decoding: tokenizer.token(id) ?? [], as: UTF8.self)
+            spelled[id] = text
+            return text
+        }
         if json {
             Report.printJSON(
                 .object([

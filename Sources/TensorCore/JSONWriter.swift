@@ -17,39 +17,63 @@ extension JSONStyle {
         switch self {
         case .serde: text.utf8.allSatisfy { $0 >= 0x20 && $0 != UInt8(ascii: "\"") && $0 != UInt8(ascii: "\\") }
         case .python: text.utf8.allSatisfy { $0 >= 0x20 && $0 < 0x7F && $0 != UInt8(ascii: "\"") && $0 != UInt8(ascii: "\\") }
-        case .report: text.utf8.allSatisfy { $0 >= 0x20 && $0 < 0x7F && $0 != UInt8(ascii: "\"") && $0 != UInt8(ascii: "\\") }
+        case .report:
+            // Beyond ASCII only C1 controls (C2 80–9F), U+061C (D8 9C) and the line separators
+            // and bidirectional controls (E2 80 xx, E2 81 xx) are escaped: found by their bytes.
+            text.utf8.withContiguousStorageIfAvailable { bytes in
+                var previous: UInt8 = 0
+                for byte in bytes {
+                    if byte < 0x20 || byte == 0x7F || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") { return false }
+                    switch previous {
+                    case 0xC2 where byte < 0xA0, 0xD8 where byte == 0x9C, 0xE2 where byte == 0x80 || byte == 0x81: return false
+                    default: break
+                    }
+                    previous = byte
+                }
+                return true
+            } ?? false
         }
     }
 
     /// `text` as a quoted JSON string.
     public func quoted(_ text: String) -> String {
-        if needsNoEscape(text) { return "\"" + text + "\"" }
-        var out = "\""
+        var out: [UInt8] = []
+        appendQuoted(text, to: &out)
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// Appends `text` as a quoted JSON string to the UTF-8 bytes `out`.
+    public func appendQuoted(_ text: String, to out: inout [UInt8]) {
+        out.append(UInt8(ascii: "\""))
+        defer { out.append(UInt8(ascii: "\"")) }
+        if needsNoEscape(text) {
+            out += text.utf8
+            return
+        }
         for scalar in text.unicodeScalars {
             switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case "\u{08}": out += "\\b"
-            case "\u{0C}": out += "\\f"
+            case "\"": out += "\\\"".utf8
+            case "\\": out += "\\\\".utf8
+            case "\n": out += "\\n".utf8
+            case "\r": out += "\\r".utf8
+            case "\t": out += "\\t".utf8
+            case "\u{08}": out += "\\b".utf8
+            case "\u{0C}": out += "\\f".utf8
             default:
                 if scalar.value < 0x20 || (self == .python && scalar.value >= 0x7F) || (self == .report && TerminalText.needsEscape(scalar))
                 {
                     if scalar.value > 0xFFFF {
                         // Python escapes astral characters as a UTF-16 surrogate pair.
                         let v = scalar.value - 0x10000
-                        out += Self.unicodeEscape(0xD800 + (v >> 10)) + Self.unicodeEscape(0xDC00 + (v & 0x3FF))
+                        out += (Self.unicodeEscape(0xD800 + (v >> 10)) + Self.unicodeEscape(0xDC00 + (v & 0x3FF))).utf8
                     } else {
-                        out += Self.unicodeEscape(scalar.value)
+                        out += Self.unicodeEscape(scalar.value).utf8
                     }
                 } else {
-                    out.unicodeScalars.append(scalar)
+                    out += String(scalar).utf8
                 }
             }
         }
-        return out + "\""
     }
 
     private static func unicodeEscape(_ value: UInt32) -> String {
@@ -97,39 +121,73 @@ public struct JSONFormat: Sendable {
 extension JSONValue {
     /// The value as JSON text laid out as `format` says. Numbers keep their literal text.
     public func serialized(_ format: JSONFormat = .pretty) -> String {
-        serialized(format, level: 0)
+        var out: [UInt8] = []
+        write(to: &out, format, level: 0)
+        return String(decoding: out, as: UTF8.self)
     }
 
-    private func serialized(_ format: JSONFormat, level: Int) -> String {
+    /// Appends the value's text to the UTF-8 bytes `out` (one buffer for the whole value: a report
+    /// of millions of ids is written without a string per line).
+    private func write(to out: inout [UInt8], _ format: JSONFormat, level: Int) {
         let separator = format.spaced ? ", " : ","
-        func lines(_ items: [String], open: String, close: String) -> String {
-            let indent = format.indent ?? 0
-            let pad = String(repeating: " ", count: (level + 1) * indent)
-            return open + "\n" + items.map { pad + $0 }.joined(separator: ",\n") + "\n" + String(repeating: " ", count: level * indent)
-                + close
+        let indent = format.indent ?? 0
+        /// Items on lines of their own, indented one level deeper than the brackets.
+        func lines<Item>(_ items: [Item], open: String, close: String, _ item: (Item, inout [UInt8]) -> Void) {
+            out += (open + "\n").utf8
+            for (i, element) in items.enumerated() {
+                if i > 0 { out += ",\n".utf8 }
+                out += repeatElement(UInt8(ascii: " "), count: (level + 1) * indent)
+                item(element, &out)
+            }
+            out.append(UInt8(ascii: "\n"))
+            out += repeatElement(UInt8(ascii: " "), count: level * indent)
+            out += close.utf8
         }
         switch self {
-        case .null: return "null"
-        case .bool(let b): return b ? "true" : "false"
-        case .number(let text): return text
-        case .string(let s): return format.style.quoted(s)
+        case .null: out += "null".utf8
+        case .bool(let b): out += (b ? "true" : "false").utf8
+        case .number(let text): out += text.utf8
+        case .string(let s): format.style.appendQuoted(s, to: &out)
         case .array(let values):
-            if values.isEmpty { return "[]" }
-            let items = values.map { $0.serialized(format, level: level + 1) }
+            if values.isEmpty {
+                out += "[]".utf8
+                return
+            }
             let inline = format.inlineScalarArrays && values.allSatisfy { $0.objectMembers == nil && $0.arrayValues == nil }
-            guard format.indent != nil, !inline else { return "[" + items.joined(separator: separator) + "]" }
-            return lines(items, open: "[", close: "]")
+            guard format.indent != nil, !inline else {
+                out.append(UInt8(ascii: "["))
+                for (i, value) in values.enumerated() {
+                    if i > 0 { out += separator.utf8 }
+                    value.write(to: &out, format, level: level + 1)
+                }
+                out.append(UInt8(ascii: "]"))
+                return
+            }
+            lines(values, open: "[", close: "]") { value, out in value.write(to: &out, format, level: level + 1) }
         case .object(let members):
-            if members.isEmpty { return "{}" }
+            if members.isEmpty {
+                out += "{}".utf8
+                return
+            }
             let ordered =
                 format.sortKeys
                 ? members.sorted { $0.key.unicodeScalars.lexicographicallyPrecedes($1.key.unicodeScalars) { $0.value < $1.value } }
                 : members
-            let items = ordered.map {
-                format.style.quoted($0.key) + (format.spaced ? ": " : ":") + $0.value.serialized(format, level: level + 1)
+            func member(_ member: JSONMember, _ out: inout [UInt8]) {
+                format.style.appendQuoted(member.key, to: &out)
+                out += (format.spaced ? ": " : ":").utf8
+                member.value.write(to: &out, format, level: level + 1)
             }
-            guard format.indent != nil else { return "{" + items.joined(separator: separator) + "}" }
-            return lines(items, open: "{", close: "}")
+            guard format.indent != nil else {
+                out.append(UInt8(ascii: "{"))
+                for (i, element) in ordered.enumerated() {
+                    if i > 0 { out += separator.utf8 }
+                    member(element, &out)
+                }
+                out.append(UInt8(ascii: "}"))
+                return
+            }
+            lines(ordered, open: "{", close: "}", member)
         }
     }
 

@@ -20,6 +20,8 @@ struct AddedTokenMatcher: Sendable {
     private let candidates: [[Int]]
     /// What each token is matched as here (empty for tokens of the other matcher).
     private let patterns: [[UInt8]]
+    /// Whether a token starts with each byte.
+    private let startsToken: [Bool]
     let isEmpty: Bool
 
     /// The matcher of the tokens matched in raw text (`normalized` false) or in normalized text.
@@ -32,6 +34,7 @@ struct AddedTokenMatcher: Sendable {
         for byte in 0..<256 { candidates[byte].sort { patterns[$0].count > patterns[$1].count } }
         self.candidates = candidates
         self.patterns = patterns
+        startsToken = candidates.map { !$0.isEmpty }
         isEmpty = patterns.allSatisfy(\.isEmpty)
     }
 
@@ -48,7 +51,9 @@ struct AddedTokenMatcher: Sendable {
         var covered = 0
         var i = 0
         while i < text.count {
-            guard let index = longestMatch(text, at: i) else {
+            // Most bytes start no token: skip them without looking at the candidates.
+            while i < text.count && !startsToken[Int(text[i])] { i += 1 }
+            guard i < text.count, let index = longestMatch(text, at: i) else {
                 i += 1
                 continue
             }
@@ -77,6 +82,8 @@ struct AddedTokenMatcher: Sendable {
                     stop += length
                 }
             }
+            // A token that starts in the whitespace the one before took in (tokenizers panics).
+            start = min(start, stop)
             if covered < start { segments.append(Segment(range: covered..<start, token: nil)) }
             segments.append(Segment(range: start..<stop, token: index))
             covered = stop

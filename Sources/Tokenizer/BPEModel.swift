@@ -1,3 +1,5 @@
+import TensorCore
+
 /// The byte-pair encoding model of tokenizers (`"type": "BPE"`): a vocabulary, ranked merges, and
 /// what to do with characters the vocabulary lacks (`byte_fallback`, `unk_token`).
 ///
@@ -12,6 +14,10 @@
 final class BPEModel: Sendable {
     /// Bytes (in the model's space) to token id, for units and for whole words (`ignore_merges`).
     let vocabulary: ByteTable
+    /// The vocabulary as written (token bytes to id), and the entry of each id in it (-1 for ids
+    /// no token has).
+    let writtenVocabulary: ByteTable
+    let entries: [Int32]
     let merges: PairTable
     let byteLevel: Bool
     /// The id of each byte as a unit (byte-level only), -1 when the vocabulary lacks it.
@@ -25,23 +31,126 @@ final class BPEModel: Sendable {
     /// Words longer than this are not cached (tokenizers' MAX_LENGTH).
     static let longestCachedWord = 256
 
-    init(
-        vocabulary: ByteTable, merges: PairTable, byteLevel: Bool, byteUnitIDs: [Int32], byteFallbackIDs: [Int32],
-        unknownID: Int32?, fuseUnknown: Bool, ignoreMerges: Bool
-    ) {
-        self.vocabulary = vocabulary
-        self.merges = merges
-        self.byteLevel = byteLevel
-        self.byteUnitIDs = byteUnitIDs
-        self.byteFallbackIDs = byteFallbackIDs
-        self.unknownID = unknownID
-        self.fuseUnknown = fuseUnknown
-        self.ignoreMerges = ignoreMerges
+    /// Refuses models other than BPE, by name (checked before the rest of the file).
+    static func checkType(_ json: TokenizerJSON) throws(TokenizerError) {
+        // Files from before "type" was written: a model with merges is BPE.
+        var type = try json.member("merges") != nil ? "BPE" : "(no type)"
+        if let written = try json.member("type") { type = try written.string() }
+        guard type == "BPE" else {
+            throw json.unsupported("model type \(type) is not supported; qtool reads BPE tokenizers only")
+        }
     }
 
-    /// Appends the ids of `word` (bytes in the model's space).
+    /// Reads `model` as tokenizers' BPE deserializer does, checking what it would fail on (a
+    /// merge naming a token the vocabulary lacks) and what qtool needs (ids within bounds, one
+    /// token an id). `byteLevel`: the pre-tokenizer maps text to GPT-2's byte alphabet.
+    init(_ json: TokenizerJSON, byteLevel: Bool) throws(TokenizerError) {
+        try Self.checkType(json)
+        if let dropout = try json.member("dropout") {
+            guard let value = dropout.value.doubleValue, (0...1).contains(value) else {
+                throw dropout.invalid("must be a number from 0 to 1")
+            }
+            guard value == 0 else { throw dropout.unsupported("BPE dropout (random merges) is not supported") }
+        }
+        for key in ["continuing_subword_prefix", "end_of_word_suffix"] {
+            if let affix = try json.member(key), try !affix.string().isEmpty {
+                throw affix.unsupported("\(key) is not supported")
+            }
+        }
+
+        let vocabularyJSON = try json.required("vocab")
+        let members = try vocabularyJSON.members()
+        var vocabulary = ByteTable(capacity: members.count)
+        var largest = -1
+        var ids: [Int32] = []
+        ids.reserveCapacity(members.count)
+        for member in members {
+            let field = TokenizerJSON(
+                member.value, field: "\(vocabularyJSON.field)[\(JSONStyle.report.quoted(member.key))]", file: json.file)
+            let id = try field.integer(in: 0...Tokenizer.maximumTokenID)
+            vocabulary.insert(Array(member.key.utf8), value: Int32(id))
+            ids.append(Int32(id))
+            largest = max(largest, id)
+        }
+        var entries = [Int32](repeating: -1, count: largest + 1)
+        for (entry, id) in ids.enumerated() {
+            guard entries[Int(id)] < 0 else {
+                let first = String(decoding: vocabulary.key(at: Int(entries[Int(id)])), as: UTF8.self)
+                let second = String(decoding: vocabulary.key(at: entry), as: UTF8.self)
+                throw vocabularyJSON.invalid(
+                    "id \(id) is given to two tokens, \(JSONStyle.report.quoted(first)) and \(JSONStyle.report.quoted(second))")
+            }
+            entries[Int(id)] = Int32(entry)
+        }
+        writtenVocabulary = vocabulary
+        self.entries = entries
+
+        let mergesJSON = try json.required("merges")
+        let mergeElements = try mergesJSON.elements()
+        var merges = PairTable(capacity: mergeElements.count)
+        var rank: UInt32 = 0
+        for element in mergeElements {
+            let parts: [String]
+            if let text = element.value.stringValue {
+                // The older form, "a b"; tokenizers skips a "#version" line of merges.txt.
+                if text.hasPrefix("#version") { continue }
+                parts = text.split(separator: " ", omittingEmptySubsequences: false).map(String.init)
+                guard parts.count == 2 else { throw element.invalid("expected two tokens separated by one space") }
+            } else {
+                parts = try element.elements().map { (part) throws(TokenizerError) in try part.string() }
+                guard parts.count == 2 else { throw element.invalid("expected a pair of tokens") }
+            }
+            let left = Array(parts[0].utf8)
+            let right = Array(parts[1].utf8)
+            func id(_ token: [UInt8]) throws(TokenizerError) -> Int32 {
+                guard let id = vocabulary.find(token) else {
+                    throw element.invalid(
+                        "token \(JSONStyle.report.quoted(String(decoding: token, as: UTF8.self))) is not in the vocabulary")
+                }
+                return id
+            }
+            merges.set(try id(left), try id(right), rank: rank, id: try id(left + right))
+            rank += 1
+        }
+        self.merges = merges
+
+        // Byte-level: the model looks words up by the bytes their characters stand for.
+        self.byteLevel = byteLevel
+        if byteLevel {
+            var table = ByteTable(capacity: vocabulary.count)
+            vocabulary.forEach { token, id in
+                if let bytes = ByteLevelAlphabet.decode(Array(token)) { table.insert(bytes, value: id) }
+            }
+            byteUnitIDs = (0..<256).map { table.find([UInt8($0)]) ?? -1 }
+            self.vocabulary = table
+        } else {
+            byteUnitIDs = []
+            self.vocabulary = vocabulary
+        }
+        let hex = Array("0123456789ABCDEF".utf8)
+        byteFallbackIDs =
+            try json.flag("byte_fallback", absent: false)
+            ? (0..<256).map { byte in vocabulary.find(Array("<0x".utf8) + [hex[byte >> 4], hex[byte & 15], UInt8(ascii: ">")]) ?? -1 }
+            : []
+        var unknownID: Int32?
+        if let unknown = try json.member("unk_token") {
+            let token = try unknown.string()
+            guard let id = vocabulary.find(Array(token.utf8)) else {
+                throw unknown.invalid("\(JSONStyle.report.quoted(token)) is not in the vocabulary")
+            }
+            unknownID = id
+        }
+        self.unknownID = unknownID
+        fuseUnknown = try json.flag("fuse_unk", absent: false)
+        ignoreMerges = try json.flag("ignore_merges", absent: false)
+    }
+
+    /// Appends the ids of `word` (bytes in the model's space); `vocabulary` is this model's
+    /// vocabulary (`withVocabulary`).
     @inline(__always)
-    func tokenize(_ word: UnsafeBufferPointer<UInt8>, into ids: inout [Int32], scratch: inout EncodingScratch) {
+    func tokenize(
+        _ word: UnsafeBufferPointer<UInt8>, vocabulary: ByteTable.View, into ids: inout [Int32], scratch: inout EncodingScratch
+    ) {
         if ignoreMerges, let id = vocabulary.find(word) {
             ids.append(id)
             return
@@ -52,13 +161,17 @@ final class BPEModel: Sendable {
             return
         }
         let start = ids.count
-        merge(word, into: &ids, symbols: &scratch.symbols)
+        merge(word, vocabulary: vocabulary, into: &ids, symbols: &scratch.symbols)
         if cacheable { scratch.cache.insert(word, ids: ids[start...]) }
     }
 
+    /// Runs `body` with the vocabulary as buffers, for the words of one text.
+    @inline(__always)
+    func withVocabulary<R>(_ body: (ByteTable.View) -> R) -> R { vocabulary.withView(body) }
+
     /// The symbols of `word` before any merge, as tokenizers' `merge_word` makes them: known units,
     /// byte fallback for unknown ones, else the unknown token (fused when `fuse_unk`), else nothing.
-    private func units(_ word: UnsafeBufferPointer<UInt8>, into symbols: inout SymbolList) {
+    private func units(_ word: UnsafeBufferPointer<UInt8>, vocabulary: ByteTable.View, into symbols: inout SymbolList) {
         var pendingUnknown = false
         func add(_ id: Int32) { symbols.append(id) }
         var i = 0
@@ -105,9 +218,11 @@ final class BPEModel: Sendable {
         return ids
     }
 
-    private func merge(_ word: UnsafeBufferPointer<UInt8>, into ids: inout [Int32], symbols: inout SymbolList) {
+    private func merge(
+        _ word: UnsafeBufferPointer<UInt8>, vocabulary: ByteTable.View, into ids: inout [Int32], symbols: inout SymbolList
+    ) {
         symbols.reset()
-        units(word, into: &symbols)
+        units(word, vocabulary: vocabulary, into: &symbols)
         let count = symbols.ids.count
         if count == 0 { return }
         if count == 1 {
@@ -285,9 +400,10 @@ struct WordCache {
 
     @inline(__always)
     func append(_ entry: Int32, to out: inout [Int32]) {
-        let start = Int(entry)
-        let count = Int(ids[start])
-        out.append(contentsOf: ids[start + 1...start + count])
+        ids.withUnsafeBufferPointer { ids in
+            let start = Int(entry)
+            out.append(contentsOf: UnsafeBufferPointer(rebasing: ids[start + 1..<start + 1 + Int(ids[start])]))
+        }
     }
 
     mutating func insert(_ word: UnsafeBufferPointer<UInt8>, ids wordIDs: ArraySlice<Int32>) {

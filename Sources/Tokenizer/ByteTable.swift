@@ -2,42 +2,63 @@
 ///
 /// Tokens are keyed by their UTF-8 bytes, never by Swift `String`: strings compare by canonical
 /// equivalence ("\u{E0}" == "a\u{300}"), and vocabularies hold both spellings as different tokens.
-/// Keys live end to end in one arena; the slots hold entry numbers (open addressing, linear probing).
+/// Keys live end to end in one arena; each slot of the open-addressed table (linear probing)
+/// holds a key's place in the arena, its hash and its value, so that a lookup reads two arrays.
 struct ByteTable: Sendable {
+    struct Slot {
+        var start: Int32
+        /// -1: an empty slot.
+        var length: Int32
+        var hash: UInt32
+        var value: Int32
+        static let empty = Slot(start: 0, length: -1, hash: 0, value: 0)
+    }
+
     private var arena: [UInt8] = []
-    private var keyStarts: [Int32] = []
-    private var keyLengths: [Int32] = []
-    private var hashes: [UInt32] = []
-    private(set) var values: [Int32] = []
-    private var slots: [Int32]
-    private var mask: Int
+    private var slots: [Slot]
+    /// The slot of each entry, in insertion order.
+    private var order: [Int32] = []
 
     init(capacity: Int = 16) {
         var size = 16
         while size < capacity * 2 { size <<= 1 }
-        slots = [Int32](repeating: -1, count: size)
-        mask = size - 1
+        slots = [Slot](repeating: .empty, count: size)
     }
 
-    var count: Int { values.count }
-    var arenaBytes: Int { arena.count }
+    var count: Int { order.count }
 
     /// The value of `key`, or nil.
     @inline(__always)
     func find(_ key: UnsafeBufferPointer<UInt8>) -> Int32? {
-        let hash = Self.hash(key)
-        var slot = Int(truncatingIfNeeded: hash) & mask
-        return arena.withUnsafeBufferPointer { arena in
+        withView { $0.find(key) }
+    }
+
+    /// The table's arrays as buffers for the span of `body` (lookups in a loop then take no
+    /// reference counting).
+    @inline(__always)
+    func withView<R>(_ body: (View) -> R) -> R {
+        slots.withUnsafeBufferPointer { slots in arena.withUnsafeBufferPointer { arena in body(View(slots: slots, arena: arena)) } }
+    }
+
+    struct View {
+        let slots: UnsafeBufferPointer<Slot>
+        let arena: UnsafeBufferPointer<UInt8>
+
+        @inline(__always)
+        func find(_ key: UnsafeBufferPointer<UInt8>) -> Int32? {
+            let hash = ByteTable.hash(key)
+            let hash32 = UInt32(truncatingIfNeeded: hash)
+            let mask = slots.count - 1
+            var i = Int(truncatingIfNeeded: hash) & mask
             while true {
-                let entry = Int(slots[slot])
-                if entry < 0 { return nil }
-                if hashes[entry] == UInt32(truncatingIfNeeded: hash) && Int(keyLengths[entry]) == key.count {
-                    let start = Int(keyStarts[entry])
-                    if key.count == 0 || memoryEqual(arena.baseAddress! + start, key.baseAddress!, key.count) {
-                        return values[entry]
-                    }
+                let slot = slots[i]
+                if slot.length < 0 { return nil }
+                if slot.hash == hash32 && Int(slot.length) == key.count
+                    && (key.count == 0 || memoryEqual(arena.baseAddress! + Int(slot.start), key.baseAddress!, key.count))
+                {
+                    return slot.value
                 }
-                slot = (slot + 1) & mask
+                i = (i + 1) & mask
             }
         }
     }
@@ -50,15 +71,10 @@ struct ByteTable: Sendable {
     @discardableResult
     mutating func insert(_ key: UnsafeBufferPointer<UInt8>, value: Int32) -> Int32? {
         if let existing = find(key) { return existing }
-        if (values.count + 1) * 2 > slots.count { grow() }
-        let hash = Self.hash(key)
-        let entry = Int32(values.count)
-        keyStarts.append(Int32(arena.count))
-        keyLengths.append(Int32(key.count))
+        if (order.count + 1) * 2 > slots.count { grow() }
+        let slot = Slot(start: Int32(arena.count), length: Int32(key.count), hash: UInt32(truncatingIfNeeded: Self.hash(key)), value: value)
         arena.append(contentsOf: key)
-        hashes.append(UInt32(truncatingIfNeeded: hash))
-        values.append(value)
-        place(entry, hash: hash)
+        order.append(Int32(place(slot, hash: Self.hash(key))))
         return nil
     }
 
@@ -67,63 +83,39 @@ struct ByteTable: Sendable {
         key.withUnsafeBufferPointer { insert($0, value: value) }
     }
 
-    /// Replaces the value of a key that is present.
-    mutating func update(_ key: [UInt8], value: Int32) {
-        key.withUnsafeBufferPointer { key in
-            let hash = Self.hash(key)
-            var slot = Int(truncatingIfNeeded: hash) & mask
-            while slots[slot] >= 0 {
-                let entry = Int(slots[slot])
-                if Int(keyLengths[entry]) == key.count
-                    && arena[Int(keyStarts[entry])..<Int(keyStarts[entry]) + key.count].elementsEqual(key)
-                {
-                    values[entry] = value
-                    return
-                }
-                slot = (slot + 1) & mask
-            }
-        }
-    }
-
     /// The key of entry `entry` (entries are numbered in insertion order).
     func key(at entry: Int) -> ArraySlice<UInt8> {
-        let start = Int(keyStarts[entry])
-        return arena[start..<start + Int(keyLengths[entry])]
+        let slot = slots[Int(order[entry])]
+        return arena[Int(slot.start)..<Int(slot.start) + Int(slot.length)]
     }
 
     /// Every key with its value, in insertion order.
     func forEach(_ body: (ArraySlice<UInt8>, Int32) -> Void) {
-        for entry in 0..<values.count {
-            let start = Int(keyStarts[entry])
-            body(arena[start..<start + Int(keyLengths[entry])], values[entry])
-        }
+        for entry in order.indices { body(key(at: entry), slots[Int(order[entry])].value) }
     }
 
     mutating func removeAll() {
         arena.removeAll(keepingCapacity: true)
-        keyStarts.removeAll(keepingCapacity: true)
-        keyLengths.removeAll(keepingCapacity: true)
-        hashes.removeAll(keepingCapacity: true)
-        values.removeAll(keepingCapacity: true)
-        for i in slots.indices { slots[i] = -1 }
+        order.removeAll(keepingCapacity: true)
+        for i in slots.indices { slots[i] = .empty }
     }
 
-    private mutating func place(_ entry: Int32, hash: UInt64) {
-        var slot = Int(truncatingIfNeeded: hash) & mask
-        while slots[slot] >= 0 { slot = (slot + 1) & mask }
-        slots[slot] = entry
+    private mutating func place(_ slot: Slot, hash: UInt64) -> Int {
+        let mask = slots.count - 1
+        var i = Int(truncatingIfNeeded: hash) & mask
+        while slots[i].length >= 0 { i = (i + 1) & mask }
+        slots[i] = slot
+        return i
     }
 
     private mutating func grow() {
-        let size = slots.count * 2
-        slots = [Int32](repeating: -1, count: size)
-        mask = size - 1
-        for entry in 0..<values.count {
-            let start = Int(keyStarts[entry])
+        let old = order.map { slots[Int($0)] }
+        slots = [Slot](repeating: .empty, count: slots.count * 2)
+        for (entry, slot) in old.enumerated() {
             let hash = arena.withUnsafeBufferPointer {
-                Self.hash(UnsafeBufferPointer(rebasing: $0[start..<start + Int(keyLengths[entry])]))
+                Self.hash(UnsafeBufferPointer(rebasing: $0[Int(slot.start)..<Int(slot.start) + Int(slot.length)]))
             }
-            place(Int32(entry), hash: hash)
+            order[entry] = Int32(place(slot, hash: hash))
         }
     }
 

@@ -15,12 +15,9 @@ enum DecoderStep: Sendable, Equatable {
     case strip(content: UInt32, start: Int, stop: Int)
 
     static func parse(_ json: TokenizerJSON) throws(TokenizerError) -> [DecoderStep] {
+        if let steps = try json.sequence("decoders", parse) { return steps }
         let type = try json.typeName()
         switch type {
-        case "Sequence":
-            var steps: [DecoderStep] = []
-            for element in try json.required("decoders").elements() { steps += try parse(element) }
-            return steps
         case "ByteLevel": return [.byteLevel]
         case "Metaspace":
             let replacement = try json.required("replacement").string()

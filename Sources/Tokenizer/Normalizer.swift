@@ -8,12 +8,9 @@ enum NormalizerStep: Sendable, Equatable {
     case replace(pattern: [UInt8], content: [UInt8])
 
     static func parse(_ json: TokenizerJSON) throws(TokenizerError) -> [NormalizerStep] {
+        if let steps = try json.sequence("normalizers", parse) { return steps }
         let type = try json.typeName()
         switch type {
-        case "Sequence":
-            var steps: [NormalizerStep] = []
-            for element in try json.required("normalizers").elements() { steps += try parse(element) }
-            return steps
         case "NFC": return [.nfc]
         case "Prepend": return [.prepend(Array(try json.required("prepend").string().utf8))]
         case "Replace":

@@ -91,10 +91,13 @@ struct PreTokenizer: Sendable {
     /// `first` scheme puts its replacement only there). Empty words are dropped, as tokenizers does.
     @inline(__always)
     func words(_ piece: UnsafeBufferPointer<UInt8>, atStart: Bool, _ body: (UnsafeBufferPointer<UInt8>) -> Void) {
-        run(0, piece, atStart, body)
+        steps.withUnsafeBufferPointer { steps in Self.run(steps, 0, piece, atStart, body) }
     }
 
-    private func run(_ k: Int, _ piece: UnsafeBufferPointer<UInt8>, _ atStart: Bool, _ body: (UnsafeBufferPointer<UInt8>) -> Void) {
+    private static func run(
+        _ steps: UnsafeBufferPointer<PreTokenizerStep>, _ k: Int, _ piece: UnsafeBufferPointer<UInt8>, _ atStart: Bool,
+        _ body: (UnsafeBufferPointer<UInt8>) -> Void
+    ) {
         if piece.isEmpty { return }
         if k == steps.count {
             body(piece)
@@ -103,34 +106,34 @@ struct PreTokenizer: Sendable {
         switch steps[k] {
         case .split(let pattern):
             pattern.split(piece) { range in
-                run(k + 1, UnsafeBufferPointer(rebasing: piece[range]), atStart && range.lowerBound == 0, body)
+                run(steps, k + 1, UnsafeBufferPointer(rebasing: piece[range]), atStart && range.lowerBound == 0, body)
             }
         case .prefixSpace:
             if piece[0] == 0x20 {
-                run(k + 1, piece, atStart, body)
+                run(steps, k + 1, piece, atStart, body)
             } else {
                 let spaced = [0x20] + Array(piece)
-                spaced.withUnsafeBufferPointer { run(k + 1, $0, atStart, body) }
+                spaced.withUnsafeBufferPointer { run(steps, k + 1, $0, atStart, body) }
             }
         case .metaspace(let replacement, let prepend, let split):
             var text = NormalizerStep.replacing([0x20], with: replacement, in: Array(piece))
             let starts = text.starts(with: replacement)
             if !starts && (prepend == .always || (prepend == .first && atStart)) { text = replacement + text }
             text.withUnsafeBufferPointer { text in
-                guard split else { return run(k + 1, text, atStart, body) }
+                guard split else { return run(steps, k + 1, text, atStart, body) }
                 // Each replacement begins a word (MergedWithNext).
                 var start = 0
                 var i = 0
                 while i + replacement.count <= text.count {
                     if i > start && memoryEqual(text.baseAddress! + i, replacement, replacement.count) {
-                        run(k + 1, UnsafeBufferPointer(rebasing: text[start..<i]), atStart && start == 0, body)
+                        run(steps, k + 1, UnsafeBufferPointer(rebasing: text[start..<i]), atStart && start == 0, body)
                         start = i
                         i += replacement.count
                     } else {
                         i += 1
                     }
                 }
-                run(k + 1, UnsafeBufferPointer(rebasing: text[start...]), atStart && start == 0, body)
+                run(steps, k + 1, UnsafeBufferPointer(rebasing: text[start...]), atStart && start == 0, body)
             }
         }
     }

@@ -93,9 +93,9 @@ public final class Tokenizer: Sendable {
         postProcessor =
             try root.member("post_processor").map { (json) throws(TokenizerError) in try PostProcessor(json) } ?? PostProcessor()
         decoder = try root.member("decoder").map { (json) throws(TokenizerError) in try DecoderStep.parse(json) }
-        let loaded = try BPEModel.load(modelJSON, byteLevel: preTokenizer.byteLevel)
-        model = loaded.model
-        vocabulary = loaded.vocabulary
+        let loaded = try BPEModel(modelJSON, byteLevel: preTokenizer.byteLevel)
+        model = loaded
+        vocabulary = loaded.writtenVocabulary
         vocabularyEntries = loaded.entries
 
         // tokenizers ignores the ids written in added_tokens: a token the vocabulary has takes its
@@ -103,7 +103,7 @@ public final class Tokenizer: Sendable {
         var added: [AddedToken] = []
         var addedByContent = ByteTable()
         var specialContents = ByteTable()
-        var nextID = Int32(loaded.vocabulary.count)
+        var nextID = Int32(loaded.writtenVocabulary.count)
         for entry in try root.member("added_tokens")?.elements() ?? [] {
             let content = Array(try entry.required("content").string().utf8)
             _ = try entry.required("id").integer(in: 0...Int(UInt32.max))
@@ -121,7 +121,7 @@ public final class Tokenizer: Sendable {
                 added[Int(existing)] = token
                 continue
             }
-            if let id = loaded.vocabulary.find(content) {
+            if let id = loaded.writtenVocabulary.find(content) {
                 token.id = id
             } else {
                 guard Int(nextID) <= Self.maximumTokenID else {
@@ -142,13 +142,22 @@ public final class Tokenizer: Sendable {
         var byID = [Int32](repeating: -1, count: largestID + 1)
         for (index, token) in added.enumerated() { byID[Int(token.id)] = Int32(index) }
         addedByID = byID
-        vocabularySize = loaded.vocabulary.count + added.filter { loaded.vocabulary.find($0.content) == nil }.count
+        // tokenizers would emit an id the vocabulary lacks; such a template is a broken file.
+        func namesToken(_ id: Int) -> Bool {
+            id < byID.count && (byID[id] >= 0 || (id < loaded.entries.count && loaded.entries[id] >= 0))
+        }
+        for case .special(let ids) in postProcessor.templates.joined() {
+            if let id = ids.first(where: { !namesToken(Int($0)) }) {
+                throw root.invalid("post_processor: special token id \(id) names no token of the vocabulary")
+            }
+        }
+        vocabularySize = loaded.writtenVocabulary.count + added.filter { loaded.writtenVocabulary.find($0.content) == nil }.count
 
         let special = try Self.configuredSpecialTokens(config, path: configPath ?? FilePaths.directory(of: path) + "/tokenizer_config.json")
         func id(_ token: [UInt8]?) -> Int? {
             guard let token else { return nil }
             if let index = addedByContent.find(token) { return Int(added[Int(index)].id) }
-            return loaded.vocabulary.find(token).map(Int.init)
+            return loaded.writtenVocabulary.find(token).map(Int.init)
         }
         let around = postProcessor.specialsAround
         bosTokenID = special.configured ? id(special.bos) : around.before.map(Int.init)
@@ -190,12 +199,14 @@ public final class Tokenizer: Sendable {
         var ids: [Int32] = []
         var scratch = scratchPool.withLock { $0.popLast() } ?? EncodingScratch()
         var text = text
-        text.withUTF8 { encode($0, into: &ids, scratch: &scratch) }
+        text.withUTF8 { text in model.withVocabulary { encode(text, vocabulary: $0, into: &ids, scratch: &scratch) } }
         scratchPool.withLock { pool in if pool.count < 4 { pool.append(scratch) } }
         return postProcessor.process(ids, addSpecialTokens: addSpecialTokens).map { Int($0) }
     }
 
-    private func encode(_ text: UnsafeBufferPointer<UInt8>, into ids: inout [Int32], scratch: inout EncodingScratch) {
+    private func encode(
+        _ text: UnsafeBufferPointer<UInt8>, vocabulary: ByteTable.View, into ids: inout [Int32], scratch: inout EncodingScratch
+    ) {
         ids.reserveCapacity(text.count / 3)
         for segment in rawMatcher.segments(text, tokens: addedTokens) {
             if let token = segment.token {
@@ -206,18 +217,22 @@ public final class Tokenizer: Sendable {
             let piece = UnsafeBufferPointer(rebasing: text[segment.range])
             let atStart = segment.range.lowerBound == 0
             if normalizer.isEmpty {
-                encodeNormalized(piece, atStart: atStart, into: &ids, scratch: &scratch)
+                encodeNormalized(piece, atStart: atStart, vocabulary: vocabulary, into: &ids, scratch: &scratch)
             } else {
                 let normalized = NormalizerStep.apply(normalizer, to: Array(piece))
-                normalized.withUnsafeBufferPointer { encodeNormalized($0, atStart: atStart, into: &ids, scratch: &scratch) }
+                normalized.withUnsafeBufferPointer {
+                    encodeNormalized($0, atStart: atStart, vocabulary: vocabulary, into: &ids, scratch: &scratch)
+                }
             }
         }
     }
 
     /// Normalized text: its normalized added tokens, and words for the model between them.
     private func encodeNormalized(
-        _ text: UnsafeBufferPointer<UInt8>, atStart: Bool, into ids: inout [Int32], scratch: inout EncodingScratch
+        _ text: UnsafeBufferPointer<UInt8>, atStart: Bool, vocabulary: ByteTable.View, into ids: inout [Int32],
+        scratch: inout EncodingScratch
     ) {
+        let model = self.model
         for segment in normalizedMatcher.segments(text, tokens: addedTokens) {
             if let token = segment.token {
                 ids.append(addedTokens[token].id)
@@ -225,7 +240,7 @@ public final class Tokenizer: Sendable {
             }
             guard !segment.range.isEmpty else { continue }
             preTokenizer.words(UnsafeBufferPointer(rebasing: text[segment.range]), atStart: atStart && segment.range.lowerBound == 0) {
-                model.tokenize($0, into: &ids, scratch: &scratch)
+                model.tokenize($0, vocabulary: vocabulary, into: &ids, scratch: &scratch)
             }
         }
     }

@@ -68,6 +68,17 @@ struct TokenizerJSON {
         try required("type").string()
     }
 
+    /// The components of a `Sequence` (its array `key`), each read by `parse`, in one list; nil
+    /// when this component is not a Sequence.
+    func sequence<Step>(
+        _ key: String, _ parse: (TokenizerJSON) throws(TokenizerError) -> [Step]
+    ) throws(TokenizerError) -> [Step]? {
+        guard try typeName() == "Sequence" else { return nil }
+        var steps: [Step] = []
+        for element in try required(key).elements() { steps += try parse(element) }
+        return steps
+    }
+
     func invalid(_ problem: String) -> TokenizerError {
         .invalidField(path: file, field: field.isEmpty ? "(top level)" : field, problem: problem)
     }

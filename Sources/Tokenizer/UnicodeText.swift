@@ -7,27 +7,38 @@ enum ScalarClass {
     static let mark: UInt8 = 4
     static let whitespace: UInt8 = 8
 
-    /// ASCII by table: the common case, without a property lookup.
-    static let ascii: [UInt8] = (0..<128).map { classify(UInt32($0)) }
-
+    /// ASCII without a property lookup: the common case.
     @inline(__always)
     static func of(_ scalar: UInt32) -> UInt8 {
-        if scalar < 128 { return ascii.withUnsafeBufferPointer { $0[Int(scalar)] } }
-        return classify(scalar)
+        switch scalar {
+        case 0x61...0x7A, 0x41...0x5A: return letter
+        case 0x30...0x39: return number
+        case 0x09...0x0D, 0x20: return whitespace
+        case 0..<0x80: return 0
+        default: return classify(scalar)
+        }
     }
 
     static func classify(_ value: UInt32) -> UInt8 {
         guard let scalar = Unicode.Scalar(value) else { return 0 }
-        let properties = scalar.properties
         var result: UInt8
-        switch properties.generalCategory {
+        switch scalar.properties.generalCategory {
         case .uppercaseLetter, .lowercaseLetter, .titlecaseLetter, .modifierLetter, .otherLetter: result = letter
         case .decimalNumber, .letterNumber, .otherNumber: result = number
         case .nonspacingMark, .spacingMark, .enclosingMark: result = mark
         default: result = 0
         }
-        if properties.isWhitespace { result |= whitespace }
+        if isWhitespace(value) { result |= whitespace }
         return result
+    }
+
+    /// The White_Space property (unchanged since Unicode 6.3), without a property lookup.
+    @inline(__always)
+    static func isWhitespace(_ value: UInt32) -> Bool {
+        switch value {
+        case 0x09...0x0D, 0x20, 0x85, 0xA0, 0x1680, 0x2000...0x200A, 0x2028, 0x2029, 0x202F, 0x205F, 0x3000: true
+        default: false
+        }
     }
 
     /// Rust regex's `\w` (Alphabetic, marks, decimal digits, connector punctuation, Join_Control):

@@ -2,6 +2,7 @@ import Foundation
 import HDF5Format
 import SafetensorsFormat
 import TensorCore
+import Tokenizer
 
 @testable import LoRAMerge
 @testable import NF4Format
@@ -12,7 +13,7 @@ import TensorCore
 /// libFuzzer executable (`Tests/Fuzz`, `make fuzz`) and the regression test (`make test`) call
 /// the same functions.
 public enum FuzzTarget: String, CaseIterable, Sendable {
-    case json, safetensors, nf4, bnb, adapter, hdf5
+    case json, safetensors, nf4, bnb, adapter, hdf5, tokenizer
 
     /// Runs the target on one input.
     public func run(_ data: UnsafeRawBufferPointer) {
@@ -23,6 +24,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         case .bnb: FuzzTarget.bnb(data)
         case .adapter: FuzzTarget.adapter(data)
         case .hdf5: FuzzTarget.hdf5(data)
+        case .tokenizer: FuzzTarget.tokenizer(data)
         }
     }
 
@@ -160,5 +162,28 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
                 _ = try? reader.read(dataset)
             }
         }
+    }
+
+    /// Texts every tokenizer that loads must encode and decode: scripts, emoji, whitespace runs,
+    /// marks after spaces, both spellings of à, contractions, special-looking tokens.
+    static let tokenizerTexts = [
+        "", " ", "Hello world", "  a\r\n\r\n  b\t\tc   ", "I'm DON'T x'\u{17F}b 1234567",
+        "日本語 ภาษาไทย हिन्दी مرحبا", "👩‍👩‍👧 1️⃣ 🇫🇷 👋🏽", " \u{301}e\u{301} \u{E0} a\u{300}", "<s></s><|endoftext|><0x41>",
+    ]
+
+    /// Input: a tokenizer.json. One that loads encodes the texts above and the input's own first
+    /// bytes, every id naming a token; decoding those ids must not fail either.
+    static func tokenizer(_ data: UnsafeRawBufferPointer) {
+        guard let tokenizer = try? Tokenizer(json: Array(data), config: nil, path: "fuzz") else { return }
+        let own = String(decoding: UnsafeRawBufferPointer(rebasing: data[..<min(data.count, 2048)]), as: UTF8.self)
+        for text in tokenizerTexts + [own] {
+            for special in [true, false] {
+                let ids = tokenizer.encode(text, addSpecialTokens: special)
+                precondition(ids.allSatisfy { tokenizer.token($0) != nil }, "an encoded id names no token")
+                _ = tokenizer.decode(ids)
+                _ = tokenizer.decode(ids, skipSpecialTokens: true)
+            }
+        }
+        _ = tokenizer.decode(Array(-2..<min(tokenizer.vocabularySize + 2, 4096)))
     }
 }

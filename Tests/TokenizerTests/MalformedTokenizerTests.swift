@@ -92,6 +92,7 @@ struct MalformedTokenizerTests {
             ("post_processor/type", string("RobertaProcessing"), "post-processor type RobertaProcessing is not supported"),
             ("post_processor/single/0/SpecialToken/id", string("<x>"), "special token '<x>' is not in special_tokens"),
             ("post_processor/single/1/Sequence/id", string("B"), "the single template can hold only sequence A, not B"),
+            ("post_processor/special_tokens/<s>/ids/0", number("5000"), "special token id 5000 names no token of the vocabulary"),
         ] as [(String, JSONValue?, String)])
     func brokenFieldsAreNamed(_ path: String, _ replacement: JSONValue?, _ message: String) {
         let problem = Self.problem(Self.edited(path, replacement))

@@ -43,6 +43,24 @@ struct SplitPatternTests {
         }
     }
 
+    /// The shortcuts (ASCII by ranges, White_Space by its list) agree with Swift's Unicode
+    /// properties on every scalar.
+    @Test func classShortcutsAgreeWithTheUnicodeProperties() {
+        for value in UInt32(0)...0x10FFFF {
+            guard let scalar = Unicode.Scalar(value) else { continue }
+            if ScalarClass.isWhitespace(value) != scalar.properties.isWhitespace {
+                Issue.record("White_Space of U+\(String(value, radix: 16))")
+            }
+        }
+        for value in UInt32(0)..<0x80 {
+            let properties = Unicode.Scalar(value)!.properties
+            let expected: UInt8 =
+                (properties.isAlphabetic ? ScalarClass.letter : 0) | (properties.numericType == .decimal ? ScalarClass.number : 0)
+                | (properties.isWhitespace ? ScalarClass.whitespace : 0)
+            #expect(ScalarClass.of(value) == expected, "U+\(String(value, radix: 16))")
+        }
+    }
+
     @Test func recognisesTheFourPatternsOnly() {
         #expect(SplitPattern.recognize(SplitPattern.gpt2Pattern) == .gpt2)
         #expect(Set(SplitPattern.known.map(\.name)) == ["GPT-2", "Llama 3", "Qwen2", "Qwen3.5"])

@@ -54,7 +54,39 @@ struct TokenizerBehaviourTests {
         #expect(try Self.tokenizer(vocab: vocab, merges: [], model: [unknown]).encode("axyb") == [1, 0, 0, 2])
         let fused = try Self.tokenizer(vocab: vocab, merges: [], model: [unknown, JSONMember(key: "fuse_unk", value: .bool(true))])
         #expect(fused.encode("axyb") == [1, 0, 2])
-        #expect(try Self.tokenizer(vocab: vocab, merges: []).encode("axyb") == [1, 2])
+        let dropping = try Self.tokenizer(vocab: vocab, merges: [])
+        #expect(dropping.encode("axyb") == [1, 2])
+        // A word of nothing but unknown characters has no ids, the second time too (from the cache).
+        #expect(dropping.encode("xy") == [] && dropping.encode("xy") == [])
+    }
+
+    /// A token made of spaces, inside the spaces the token before took in with rstrip: no crash
+    /// (tokenizers panics on it), both tokens found.
+    @Test func addedTokensInsideStrippedWhitespace() throws {
+        let json = JSONValue.object([
+            JSONMember(
+                key: "added_tokens",
+                value: .array([
+                    .object([
+                        JSONMember(key: "id", value: .integer(2)), JSONMember(key: "content", value: .string("<a>")),
+                        JSONMember(key: "rstrip", value: .bool(true)), JSONMember(key: "normalized", value: .bool(false)),
+                    ]),
+                    .object([
+                        JSONMember(key: "id", value: .integer(3)), JSONMember(key: "content", value: .string("  ")),
+                        JSONMember(key: "lstrip", value: .bool(true)), JSONMember(key: "normalized", value: .bool(false)),
+                    ]),
+                ])),
+            JSONMember(
+                key: "model",
+                value: .object([
+                    JSONMember(key: "type", value: .string("BPE")),
+                    JSONMember(
+                        key: "vocab", value: .object([JSONMember(key: "x", value: .integer(0)), JSONMember(key: " ", value: .integer(1))])),
+                    JSONMember(key: "merges", value: .array([])),
+                ])),
+        ])
+        let tokenizer = try Tokenizer(json: Array(json.serialized(.compact).utf8), config: nil, path: "t.json")
+        #expect(tokenizer.encode("<a>    x") == [2, 3, 3, 0])
     }
 
     /// One tokenizer shared by many threads gives each the same ids as alone.

@@ -46,12 +46,7 @@ struct EvalCommand: ParsableCommand {
     @Option(help: "Sequences run together.")
     var batchSize = 4
 
-    @Option(help: "A LoRA adapter folder (PEFT or mlx-lm), DIR or DIR=WEIGHT; repeatable.")
-    var adapter: [String] = []
-
-    @OptionGroup var inputOptions: InputOptions
-
-    @OptionGroup var threading: ThreadOptions
+    @OptionGroup var modelOptions: ModelOptions
 
     @OptionGroup var report: ReportOptions
 
@@ -66,13 +61,10 @@ struct EvalCommand: ParsableCommand {
         }
         if let maxSeqLen, maxSeqLen < 2 { throw ValidationError("--max-seq-len must be at least 2, not \(maxSeqLen)") }
         guard batchSize >= 1 else { throw ValidationError("--batch-size must be at least 1, not \(batchSize)") }
-        for spec in adapter { _ = try AdapterFolder.parseSpec(spec) }
     }
 
     func run() throws {
-        threading.apply()
-        let loaded = try LoadedModel.open(
-            model, adapters: adapter, allowExternal: inputOptions.allowExternal, threads: ParallelismSettings.threadCount)
+        let loaded = try modelOptions.load(model)
         let tokenizer = try loaded.tokenizer()
         let lm = loaded.model
         func checked(_ ids: [Int], _ path: String) throws -> [Int] {

@@ -40,12 +40,7 @@ struct GenerateCommand: ParsableCommand {
     @Option(help: "Seed of the sampler.")
     var seed: UInt64 = 0
 
-    @Option(help: "A LoRA adapter folder (PEFT or mlx-lm), DIR or DIR=WEIGHT; repeatable.")
-    var adapter: [String] = []
-
-    @OptionGroup var inputOptions: InputOptions
-
-    @OptionGroup var threading: ThreadOptions
+    @OptionGroup var modelOptions: ModelOptions
 
     @OptionGroup var report: ReportOptions
 
@@ -54,13 +49,10 @@ struct GenerateCommand: ParsableCommand {
         guard maxTokens >= 1 else { throw ValidationError("--max-tokens must be at least 1, not \(maxTokens)") }
         guard temperature >= 0, temperature.isFinite else { throw ValidationError("--temperature must be 0 or more") }
         guard topP > 0, topP <= 1 else { throw ValidationError("--top-p must be above 0 and at most 1") }
-        for spec in adapter { _ = try AdapterFolder.parseSpec(spec) }
     }
 
     func run() throws {
-        threading.apply()
-        let loaded = try LoadedModel.open(
-            model, adapters: adapter, allowExternal: inputOptions.allowExternal, threads: ParallelismSettings.threadCount)
+        let loaded = try modelOptions.load(model)
         let tokenizer = try loaded.tokenizer()
         let lm = loaded.model
         let promptIDs = tokenizer.encode(prompt)

@@ -1,3 +1,4 @@
+import ArgumentParser
 import Foundation
 import LanguageModel
 import LoRAMerge
@@ -42,4 +43,25 @@ struct LoadedModel {
 extension Checkpoint {
     /// Whether the checkpoint is a folder (its config.json is a file inside it).
     var isFolder: Bool { FilePaths.isDirectory(path) }
+}
+
+/// What the commands that run a model share: adapters, external HDF5 data, threads.
+struct ModelOptions: ParsableArguments {
+    @Option(help: "A LoRA adapter folder (PEFT or mlx-lm), DIR or DIR=WEIGHT; repeatable.")
+    var adapter: [String] = []
+
+    @OptionGroup var inputOptions: InputOptions
+
+    @OptionGroup var threading: ThreadOptions
+
+    func validate() throws {
+        for spec in adapter { _ = try AdapterFolder.parseSpec(spec) }
+    }
+
+    /// Sets the thread count and opens `model` with the adapters.
+    func load(_ model: String) throws -> LoadedModel {
+        threading.apply()
+        return try LoadedModel.open(
+            model, adapters: adapter, allowExternal: inputOptions.allowExternal, threads: ParallelismSettings.threadCount)
+    }
 }

@@ -63,7 +63,9 @@ let package = Package(
         // The readers as fuzz targets: run by `make fuzz` (libFuzzer) and by the regression test.
         .target(
             name: "FuzzTargets",
-            dependencies: ["TensorCore", "SafetensorsFormat", "NF4Format", "Quantization", "LoRAMerge", "HDF5Format", "Tokenizer"],
+            dependencies: [
+                "TensorCore", "SafetensorsFormat", "NF4Format", "Quantization", "LoRAMerge", "HDF5Format", "Tokenizer", "LanguageModel",
+            ],
             path: "Tests/FuzzTargets"),
         .testTarget(name: "FuzzRegressionTests", dependencies: ["FuzzTargets", "TestSupport", "qtool"]),
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore", "SafetensorsFormat", "TestSupport"]),

@@ -1,5 +1,6 @@
 import Foundation
 import HDF5Format
+import LanguageModel
 import SafetensorsFormat
 import TensorCore
 import Tokenizer
@@ -13,7 +14,7 @@ import Tokenizer
 /// libFuzzer executable (`Tests/Fuzz`, `make fuzz`) and the regression test (`make test`) call
 /// the same functions.
 public enum FuzzTarget: String, CaseIterable, Sendable {
-    case json, safetensors, nf4, bnb, adapter, hdf5, tokenizer
+    case json, safetensors, nf4, bnb, adapter, hdf5, tokenizer, model
 
     /// Runs the target on one input.
     public func run(_ data: UnsafeRawBufferPointer) {
@@ -25,6 +26,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         case .adapter: FuzzTarget.adapter(data)
         case .hdf5: FuzzTarget.hdf5(data)
         case .tokenizer: FuzzTarget.tokenizer(data)
+        case .model: FuzzTarget.model(data)
         }
     }
 
@@ -185,5 +187,48 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
             }
         }
         _ = tokenizer.decode(Array(-2..<min(tokenizer.vocabularySize + 2, 4096)))
+    }
+
+    /// Input: a config.json. One that reads and is small enough is given weights of its shape
+    /// (a fixed pattern) and run: a forward pass over a few tokens and two generated tokens must
+    /// not crash, whatever its heads, rope scaling or window.
+    static func model(_ data: UnsafeRawBufferPointer) {
+        guard let config = try? ModelConfig(json: Array(data), path: "fuzz") else { return }
+        let c = config
+        guard c.hiddenSize <= 128, c.intermediateSize <= 256, c.layers <= 3, c.vocabSize <= 512, c.qDim <= 256, c.kvDim <= 256 else {
+            return
+        }
+        var tensors: [String: StoredTensor] = [:]
+        func add(_ name: String, _ shape: [Int]) {
+            let count = shape.reduce(1, *)
+            tensors[name] = .plain(Tensor(dtype: .f32, shape: Shape(shape), values: (0..<count).map { Float(($0 * 7) % 13) / 13 - 0.5 }))
+        }
+        add("model.embed_tokens.weight", [c.vocabSize, c.hiddenSize])
+        add("model.norm.weight", [c.hiddenSize])
+        if !c.tiedEmbeddings { add("lm_head.weight", [c.vocabSize, c.hiddenSize]) }
+        for layer in 0..<c.layers {
+            let p = "model.layers.\(layer)."
+            add(p + "input_layernorm.weight", [c.hiddenSize])
+            add(p + "post_attention_layernorm.weight", [c.hiddenSize])
+            for (name, out, inputs) in [
+                ("q_proj", c.qDim, c.hiddenSize), ("k_proj", c.kvDim, c.hiddenSize), ("v_proj", c.kvDim, c.hiddenSize),
+                ("o_proj", c.hiddenSize, c.qDim),
+            ] {
+                add(p + "self_attn." + name + ".weight", [out, inputs])
+                let bias = name == "o_proj" ? c.outputBias : c.qkvBias
+                if bias { add(p + "self_attn." + name + ".bias", [out]) }
+            }
+            for (name, out, inputs) in [
+                ("gate_proj", c.intermediateSize, c.hiddenSize), ("up_proj", c.intermediateSize, c.hiddenSize),
+                ("down_proj", c.hiddenSize, c.intermediateSize),
+            ] {
+                add(p + "mlp." + name + ".weight", [out, inputs])
+                if c.mlpBias { add(p + "mlp." + name + ".bias", [out]) }
+            }
+        }
+        guard let model = try? LanguageModel(config: config, tensors: tensors, path: "fuzz", threads: 2) else { return }
+        let tokens = [0, min(1, c.vocabSize - 1), c.vocabSize - 1]
+        _ = model.negativeLogLikelihood([tokens, [0]])
+        _ = model.generate(prompt: tokens, maxTokens: 2, stop: [], sampler: Sampler(temperature: 0.7, topP: 0.9, seed: 1))
     }
 }

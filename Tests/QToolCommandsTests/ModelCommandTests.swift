@@ -32,6 +32,18 @@ struct ModelCommandTests {
         #expect(report["tokens_per_second"]!.doubleValue! > 0)
     }
 
+    /// qtool's own .nf4 of the float model (carrying config.json and tokenizer.json) evaluates
+    /// as transformers + bitsandbytes evaluates its 4-bit load of the same model.
+    @Test func ownNF4EvaluatesAsBitsandbytes() throws {
+        let folder = Fixtures.temporaryFolder()
+        #expect(try QToolBinary.run(["quantize", models + "/llama-gqa", folder + "/m.nf4", "--quiet"]).status == 0)
+        let result = try QToolBinary.run(["eval", folder + "/m.nf4", "--data", models + "/eval.jsonl", "--max-seq-len", "64", "--json"])
+        #expect(result.status == 0, "\(result.stderr)")
+        let loss = try Self.json(result.stdout)["loss"]!.doubleValue!
+        let reference = Self.goldens["cases"]!["llama-gqa-bnb-nf4"]!["eval"]!["loss"]!.doubleValue!
+        #expect(abs(loss - reference) / reference <= 2e-3, "\(loss) against \(reference)")
+    }
+
     @Test(arguments: ["llama-gqa", "qwen2-tied"])
     func textPerplexityIsLlamaCppsMethod(_ model: String) throws {
         let expected = Self.goldens["cases"]![model]!["perplexity_ctx32"]!

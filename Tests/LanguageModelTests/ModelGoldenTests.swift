@@ -228,3 +228,32 @@ struct ModelConfigErrorTests {
         }
     }
 }
+
+/// The sliding window (Mistral), on a one-layer model: RoPE makes attention depend on relative
+/// positions only, so with a window of 4 the last token of a sequence sees exactly what it sees
+/// when only the last 4 tokens are run.
+struct SlidingWindowTests {
+    static func model(window: Int?) throws -> LanguageModel {
+        var config = try ModelConfig(json: Fixtures.bytes(Fixtures.path("models/mistral/config.json")), path: "mistral")
+        config.layers = 1
+        config.slidingWindow = window
+        let folder = Fixtures.path("models/llama-gqa")
+        let tensors = try SafeTensorsModel(path: folder).tensors()
+        var stored: [String: StoredTensor] = [:]
+        for (name, tensor) in tensors.entries where !name.hasPrefix("model.layers.1.") { stored[name] = .plain(tensor) }
+        return try LanguageModel(config: config, tensors: stored, path: folder, threads: 2)
+    }
+
+    @Test func theLastTokenSeesOnlyTheWindow() throws {
+        let tokens = [1, 300, 301, 302, 303, 304, 305, 306, 307, 308]
+        let windowed = try Self.model(window: 4)
+        let whole = windowed.hiddenStates([tokens])
+        let tail = windowed.hiddenStates([Array(tokens.suffix(4))])
+        let d = windowed.config.hiddenSize
+        let last = Array(whole[(whole.count - d)...]), alone = Array(tail[(tail.count - d)...])
+        #expect(ModelGoldenTests.relativeError(last, alone) <= 1e-5)
+        // Without the window the same token sees all ten, and differs.
+        let full = try Self.model(window: nil).hiddenStates([tokens])
+        #expect(ModelGoldenTests.relativeError(Array(full[(full.count - d)...]), alone) > 1e-3)
+    }
+}

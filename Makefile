@@ -72,6 +72,13 @@ demo: build
 	@echo "== qtool merge $(DEMO)/tiny-llama-bnb --adapter fixtures/lora/lora -o $(DEMO)/tiny-llama-bnb-merged"
 	@$(QTOOL) merge $(DEMO)/tiny-llama-bnb --adapter fixtures/lora/lora -o $(DEMO)/tiny-llama-bnb-merged
 	@echo
+	@echo "== qtool eval fixtures/models/llama-gqa --data fixtures/models/eval.jsonl (float, then qtool's own NF4 with a LoRA adapter)"
+	@$(QTOOL) eval fixtures/models/llama-gqa --data fixtures/models/eval.jsonl --quiet
+	@$(QTOOL) quantize fixtures/models/llama-gqa $(DEMO)/llama-gqa.nf4 --quiet
+	@$(QTOOL) eval $(DEMO)/llama-gqa.nf4 --data fixtures/models/eval.jsonl --adapter fixtures/models/llama-gqa-lora --quiet
+	@echo "== qtool generate fixtures/models/llama-gqa --prompt 'The function returns' --max-tokens 12 --json (random weights: the ids, not the text, are the point)"
+	@$(QTOOL) generate fixtures/models/llama-gqa --prompt "The function returns" --max-tokens 12 --json | grep '"ids"'
+	@echo
 	@echo "sizes:"
 	@du -b fixtures/tiny-llama/model.safetensors $(DEMO)/tiny-llama.nf4 $(DEMO)/tiny-llama-bnb/model.safetensors \
 	  $(DEMO)/tiny-llama-restored/model.safetensors $(DEMO)/tiny-llama-merged/model.safetensors $(DEMO)/tiny-llama-merged.nf4 | awk '{printf "  %10d  %s\n", $$1, $$2}'

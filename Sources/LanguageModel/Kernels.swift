@@ -6,23 +6,18 @@ import TensorCore
 /// llm.c. Each works on the rows it is given on the calling thread; callers split rows.
 enum Kernels {
     /// RMSNorm as transformers computes it in float32: `x · rsqrt(mean(x²) + eps) · weight`.
-    /// Returns each row's `rsqrt` (what the backward pass needs).
-    @discardableResult
     static func rmsNorm(
         _ input: UnsafePointer<Float>, weight: UnsafePointer<Float>, rows: Int, width: Int, eps: Float,
         into output: UnsafeMutablePointer<Float>
-    ) -> [Float] {
-        var inverse = [Float](repeating: 0, count: rows)
+    ) {
         for row in 0..<rows {
             let x = input + row * width
             let y = output + row * width
             var sum: Float = 0
             for i in 0..<width { sum += x[i] * x[i] }
             let r = 1 / (sum / Float(width) + eps).squareRoot()
-            inverse[row] = r
             for i in 0..<width { y[i] = weight[i] * (x[i] * r) }
         }
-        return inverse
     }
 
     /// Rotates each head of `rows` rows (`heads × headDim` wide) in place, HF's half-rotation

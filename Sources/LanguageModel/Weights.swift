@@ -120,11 +120,6 @@ private final class TensorOwner {
     init(_ tensor: Tensor) { self.tensor = tensor }
 }
 
-struct SendableViews: @unchecked Sendable {
-    let input: MatrixView
-    let output: MutableMatrixView
-}
-
 /// A low-rank term of a linear layer, un-merged: `y += scale·(x·Aᵀ)·Bᵀ`.
 struct LowRankTerm: @unchecked Sendable {
     /// `[rank, in]` and `[out, rank]`, float32.

@@ -99,7 +99,7 @@ struct EvalCommand: ParsableCommand {
                 extra: [JSONMember(key: "sequences", value: .integer(sequences.count))],
                 summary: "\(sequences.count) sequences", processed: processed, seconds: seconds)
         } else if let text, let ctx {
-            let content = try Self.readText(text)
+            let content = try TextInput.string(text)
             let tokens = try checked(tokenizer.encode(content), text)
             let chunks = tokens.count / ctx
             guard chunks > 0 else { throw CommandError(path: text, "holds \(tokens.count) tokens, fewer than one chunk of \(ctx)") }
@@ -135,7 +135,7 @@ struct EvalCommand: ParsableCommand {
     /// The `text` of each line of a JSON Lines file (blank lines skipped). A line that is not a
     /// JSON object with a string `text` is an error naming its number.
     static func readJSONLines(_ path: String) throws -> [String] {
-        let bytes = try readBytes(path)
+        let bytes = try TextInput.bytes(path)
         var texts: [String] = []
         var lineNumber = 0
         for line in bytes.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false) {
@@ -155,17 +155,5 @@ struct EvalCommand: ParsableCommand {
         }
         guard !texts.isEmpty else { throw CommandError(path: path, "holds no lines") }
         return texts
-    }
-
-    static func readText(_ path: String) throws -> String {
-        let bytes = try readBytes(path)
-        guard let text = String(validating: bytes, as: UTF8.self) else { throw CommandError(path: path, "is not UTF-8 text") }
-        return text
-    }
-
-    static func readBytes(_ path: String) throws -> [UInt8] {
-        guard FilePaths.exists(path), !FilePaths.isDirectory(path) else { throw CommandError(path: path, "no such file") }
-        let file = try MappedFile(path: path)
-        return file.withBytes(in: 0..<file.count) { Array($0) }
     }
 }

@@ -112,3 +112,23 @@ struct InputOptions: ParsableArguments {
     @Flag(help: "Read HDF5 external links and raw data kept in other files (refused by default).")
     var allowExternal = false
 }
+
+/// A text file named on the command line (a prompt, a dataset), read whole through the mapped
+/// file reader (which refuses what is not a regular file).
+enum TextInput {
+    static func bytes(_ path: String) throws -> [UInt8] {
+        let file = try MappedFile(path: path)
+        return file.withBytes(in: 0..<file.count) { Array($0) }
+    }
+
+    /// The file's bytes as text; bytes that are not UTF-8 are refused rather than replaced.
+    static func string(_ path: String) throws -> String {
+        let file = try MappedFile(path: path)
+        return try file.withBytes(in: 0..<file.count) { bytes in
+            guard let text = String(validating: bytes, as: UTF8.self) else {
+                throw CommandError(path: path, "not UTF-8 text")
+            }
+            return text
+        }
+    }
+}

@@ -47,7 +47,7 @@ struct TokenizeCommand: ParsableCommand {
 
     func run() throws {
         let tokenizer = try Tokenizer(path: model)
-        let input = try text ?? Self.readText(file!)
+        let input = try text ?? TextInput.string(file!)
         let started = ContinuousClock.now
         let ids = tokenizer.encode(input, addSpecialTokens: !noSpecialTokens)
         if count {
@@ -78,16 +78,5 @@ struct TokenizeCommand: ParsableCommand {
             out += String(id).leftPadded(to: width) + "  " + TerminalText.escaped(token) + "\n"
         }
         print(out, terminator: "")
-    }
-
-    /// The file's bytes as text; bytes that are not UTF-8 are refused rather than replaced.
-    static func readText(_ path: String) throws -> String {
-        let file = try MappedFile(path: path)
-        return try file.withBytes(in: 0..<file.count) { bytes in
-            guard let text = String(validating: bytes, as: UTF8.self) else {
-                throw CommandError(path: path, "not UTF-8 text")
-            }
-            return text
-        }
     }
 }

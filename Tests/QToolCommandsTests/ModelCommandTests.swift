@@ -103,7 +103,7 @@ struct ModelCommandTests {
             (["eval", model, "--data", write("short.jsonl", "{\"text\": \"\"}\n")], "nothing to predict"),
             (["eval", model, "--text", write("tiny.txt", "hi"), "--ctx", "64"], "fewer than one chunk"),
             (["eval", Fixtures.path("lora/bases/tiny-qwen2"), "--data", models + "/eval.jsonl"], "tokenizer.json"),
-            (["eval", model, "--data", folder + "/missing.jsonl"], "no such file"),
+            (["eval", model, "--data", folder + "/missing.jsonl"], "cannot open: No such file or directory"),
         ]
         for (arguments, problem) in cases {
             let result = try QToolBinary.run(arguments)

@@ -82,3 +82,13 @@ BASELINE float qtool_max(const float *x, long n) {
     for (; i < n; i++) m = x[i] > m ? x[i] : m;
     return m;
 }
+
+BASELINE void qtool_silu_gate_backward(const float *dh, const float *gate, const float *up, long n, float *dgate, float *dup) {
+    for (long i = 0; i < n; i++) {
+        float g = gate[i];
+        float sigma = 1.0f / (1.0f + exp_approx(-g));
+        float silu = g * sigma;
+        dgate[i] = dh[i] * up[i] * sigma * (1.0f + g * (1.0f - sigma));
+        dup[i] = dh[i] * silu;
+    }
+}

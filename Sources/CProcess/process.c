@@ -151,8 +151,24 @@ static void write_all(int fd, const char *text) {
     }
 }
 
+// A long job (fine-tuning) asks for the first SIGINT/SIGTERM to be recorded rather than fatal, so
+// that it can save a checkpoint at the end of its step; a second one ends the process as usual.
+static atomic_int deferring = 0;
+static atomic_int requested = 0;
+
+void qtool_defer_termination(int on) { atomic_store(&deferring, on); }
+
+int qtool_termination_requested(void) { return atomic_load(&requested); }
+
 static void on_termination(int signal_number) {
     int saved = errno;
+    if (atomic_load(&deferring) && signal_number != SIGHUP) {
+        int none = 0;
+        if (atomic_compare_exchange_strong(&requested, &none, signal_number)) {
+            errno = saved;
+            return;
+        }
+    }
     atomic_store(&terminating, 1);
     qtool_temporary_remove_all();
     // Die of the same signal, so the parent sees how the process ended.

@@ -6,22 +6,17 @@ import Foundation
 public struct Sampler: Sendable {
     public var temperature: Float
     public var topP: Float
-    private var state: UInt64
+    private var random: SplitMix64
 
     public init(temperature: Float = 0, topP: Float = 1, seed: UInt64 = 0) {
         self.temperature = temperature
         self.topP = topP
-        state = seed
+        random = SplitMix64(seed: seed)
     }
 
-    /// SplitMix64: a fixed sequence for a seed on every machine.
+    /// A fixed sequence for a seed on every machine.
     private mutating func nextUniform() -> Double {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        z ^= z >> 31
-        return Double(z >> 11) / Double(1 << 53)
+        Double(random.next() >> 11) / Double(1 << 53)
     }
 
     public mutating func choose(_ logits: UnsafeBufferPointer<Float>) -> Int {

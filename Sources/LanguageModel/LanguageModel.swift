@@ -277,7 +277,7 @@ public final class LanguageModel: @unchecked Sendable {
         }
     }
 
-    private func rowParallel(_ rows: Int, _ body: @Sendable (Range<Int>) -> Void) {
+    func rowParallel(_ rows: Int, _ body: @Sendable (Range<Int>) -> Void) {
         parallelForChunks(count: rows, chunk: 64, threads: threads, body)
     }
 
@@ -358,7 +358,7 @@ public final class LanguageModel: @unchecked Sendable {
         }
     }
 
-    private func rotate(_ values: inout [Float], heads: Int, rows: Int, cos: [Float], sin: [Float]) {
+    func rotate(_ values: inout [Float], heads: Int, rows: Int, cos: [Float], sin: [Float], inverse: Bool = false) {
         let headDim = config.headDim, half = headDim / 2
         values.withUnsafeMutableBufferPointer { vb in
             cos.withUnsafeBufferPointer { cb in
@@ -371,7 +371,7 @@ public final class LanguageModel: @unchecked Sendable {
                             vp.raw.assumingMemoryBound(to: Float.self) + range.lowerBound * heads * headDim, rows: range.count,
                             heads: heads,
                             headDim: headDim, cos: cp.raw.assumingMemoryBound(to: Float.self) + range.lowerBound * half,
-                            sin: sp.raw.assumingMemoryBound(to: Float.self) + range.lowerBound * half)
+                            sin: sp.raw.assumingMemoryBound(to: Float.self) + range.lowerBound * half, inverse: inverse)
                     }
                 }
             }
@@ -380,10 +380,13 @@ public final class LanguageModel: @unchecked Sendable {
 
     /// Causal attention of each sequence over its own keys (and the cache's), head by head:
     /// scores `q·kᵀ/√d`, softmax over the visible keys, the values weighted by it.
-    private func attend(
+    /// With `statistics` (`[rows, heads, 2]`), each row's softmax statistics are kept for the
+    /// backward pass (see `Kernels.softmaxRows`).
+    func attend(
         q: [Float], k: [Float], v: [Float], into out: inout [Float], rows: Int, sequences: [Int], starts: [Int], cache: Cache?,
-        layer: Int
+        layer: Int, statistics: UnsafeMutablePointer<Float>? = nil
     ) {
+        let stats = statistics.map { SendableMutableRawPointer(UnsafeMutableRawPointer($0)) }
         let c = config
         let headDim = c.headDim, kvDim = c.kvDim, qDim = c.qDim
         let group = c.heads / c.kvHeads
@@ -440,7 +443,12 @@ public final class LanguageModel: @unchecked Sendable {
                                         MatrixView(qBase + blockStart * qDim, rows: rows, columns: headDim, rowStride: qDim),
                                         MatrixView(kBase, rows: seen, columns: headDim, rowStride: kvDim).transpose,
                                         into: MutableMatrixView(scores, rows: rows, columns: seen), scale: scale)
-                                    Kernels.softmaxRows(scores, rows: rows, stride: seen) { row in
+                                    let rowStatistics = stats.map {
+                                        $0.raw.assumingMemoryBound(to: Float.self) + ((start + blockStart) * c.heads + head) * 2
+                                    }
+                                    Kernels.softmaxRows(
+                                        scores, rows: rows, stride: seen, statistics: rowStatistics, statisticsStride: c.heads * 2
+                                    ) { row in
                                         let position = first + blockStart + row
                                         let lowest = window.map { max(0, position - $0 + 1) } ?? 0
                                         return lowest..<(position + 1)

@@ -72,10 +72,24 @@ public final class WeightMatrix: @unchecked Sendable {
     /// a float one: only one matrix of the model is ever widened at a time.
     public func product(_ input: MatrixView, into output: MutableMatrixView, threads: Int, workspace: Workspace) {
         precondition(input.columns == columns && output.columns == rows && output.rows == input.rows)
-        if let dense {
-            BLAS.linear(input: input, weight: MatrixView(dense, rows: rows, columns: columns), into: output, threads: threads)
-            return
-        }
+        let weight = floats(threads: threads, workspace: workspace)
+        BLAS.linear(input: input, weight: weight, into: output, threads: threads)
+    }
+
+    /// The gradient a product passes back to its input: `inputGradient (+)= outputGradient·self`
+    /// (`[n, rows]·[rows, columns]`), a 4-bit matrix widened as for `product`.
+    public func inputGradient(
+        _ outputGradient: MatrixView, into inputGradient: MutableMatrixView, accumulate: Bool, threads: Int, workspace: Workspace
+    ) {
+        precondition(outputGradient.columns == rows && inputGradient.columns == columns && inputGradient.rows == outputGradient.rows)
+        let weight = floats(threads: threads, workspace: workspace)
+        BLAS.linearInputGradient(
+            outputGradient: outputGradient, weight: weight, into: inputGradient, accumulate: accumulate, threads: threads)
+    }
+
+    /// The matrix as float32: itself when it is stored so, else widened into `workspace`.
+    private func floats(threads: Int, workspace: Workspace) -> MatrixView {
+        if let dense { return MatrixView(dense, rows: rows, columns: columns) }
         let buffer = workspace.floats(rows * columns)
         let target = SendableMutableRawPointer(UnsafeMutableRawPointer(buffer))
         let tile = WeightMatrix.tileRows
@@ -86,7 +100,7 @@ public final class WeightMatrix: @unchecked Sendable {
                 self.widenRows(range, into: target.raw.assumingMemoryBound(to: Float.self) + range.lowerBound * self.columns)
             }
         }
-        BLAS.linear(input: input, weight: MatrixView(buffer, rows: rows, columns: columns), into: output, threads: threads)
+        return MatrixView(buffer, rows: rows, columns: columns)
     }
 
     /// Rows of a 4-bit matrix a task widens at a time.
@@ -154,6 +168,11 @@ public struct Linear: @unchecked Sendable {
 
     /// `magnitude / ‖W + Σ s·B·A‖₂` for each output row, the norms in float32 as PEFT computes them.
     private static func doraScale(weight: WeightMatrix, terms: [LowRankTerm], magnitude: [Float], threads: Int) -> [Float] {
+        zip(magnitude, rowNorms(weight: weight, terms: terms, threads: threads)).map { $0 / $1 }
+    }
+
+    /// `‖W + Σ s·B·A‖₂` of each row, in float32 as PEFT computes it.
+    static func rowNorms(weight: WeightMatrix, terms: [LowRankTerm], threads: Int) -> [Float] {
         var scale = [Float](repeating: 0, count: weight.rows)
         let tile = WeightMatrix.tileRows
         let tiles = (weight.rows + tile - 1) / tile
@@ -180,7 +199,7 @@ public struct Linear: @unchecked Sendable {
                         var sum: Float = 0
                         let values = buffer + row * weight.columns
                         for column in 0..<weight.columns { sum += values[column] * values[column] }
-                        norms[range.lowerBound + row] = magnitude[range.lowerBound + row] / sum.squareRoot()
+                        norms[range.lowerBound + row] = sum.squareRoot()
                     }
                 }
             }

@@ -34,6 +34,16 @@ public enum ProcessCleanup {
         signal(SIGXFSZ, SIG_IGN)
     }
 
+    /// From now on the first SIGINT or SIGTERM is only recorded (see `stopRequested`), so that a
+    /// long job can end its step and save; a second one ends the process as before.
+    public static func deferTermination() { qtool_defer_termination(1) }
+
+    /// The signal recorded while deferring, or nil.
+    public static var stopRequested: Int32? {
+        let signal = qtool_termination_requested()
+        return signal == 0 ? nil : signal
+    }
+
     /// Registers a mapped input: a SIGBUS inside it becomes `error: <path>: …` and exit 2.
     static func registerMapping(_ base: UnsafeRawPointer, length: Int, path: String) -> Int32 {
         let message = "error: \(TerminalText.escaped(path)): the file was truncated or changed while qtool was reading it\n"

@@ -22,7 +22,7 @@ struct ModelGoldenTests {
     /// in another order (2e-3).
     static func tolerance(_ name: String) -> Double { name.contains("nf4") ? 2e-3 : 1e-4 }
 
-    static func load(model: String, adapter: String?) throws -> LanguageModel {
+    static func load(model: String, adapter: String?, threads: Int = 2) throws -> LanguageModel {
         let folder = Fixtures.path("models/" + model)
         let config = try ModelConfig(json: Fixtures.bytes(folder + "/config.json"), path: folder)
         let tensors = try SafeTensorsModel(path: folder).tensors()
@@ -39,7 +39,7 @@ struct ModelGoldenTests {
             let weights = try SafeTensorsFile(path: path + "/adapter_model.safetensors").tensors()
             adapters.append((try LoRAAdapter(path: path, config: json, tensors: weights, layout: .peft), 1))
         }
-        return try LanguageModel(config: config, tensors: stored, adapters: adapters, path: folder, threads: 2)
+        return try LanguageModel(config: config, tensors: stored, adapters: adapters, path: folder, threads: threads)
     }
 
     static func model(forCase name: String) throws -> LanguageModel {

@@ -14,6 +14,9 @@ double qtool_sum_exp_shift(const float *x, long n, float shift);
 /// gate[i] ← silu(gate[i]) · up[i] = gate[i] / (1 + exp(-gate[i])) · up[i].
 void qtool_silu_gate(float *gate, const float *up, long n);
 
+/// With h = silu(gate)·up: dgate[i] ← dh[i]·up[i]·σ(g)(1 + g(1 − σ(g))), dup[i] ← dh[i]·silu(g).
+void qtool_silu_gate_backward(const float *dh, const float *gate, const float *up, long n, float *dgate, float *dup);
+
 /// The largest of n values (n > 0).
 float qtool_max(const float *x, long n);
 

@@ -26,6 +26,11 @@ void qtool_mapping_unregister(int slot);
 /// signal) and SIGBUS (see above).
 void qtool_install_signal_handlers(void);
 
+/// With `on`, the first SIGINT or SIGTERM is only recorded (a second one acts as usual).
+void qtool_defer_termination(int on);
+/// The signal recorded while deferring, or 0.
+int qtool_termination_requested(void);
+
 /// renameat2(RENAME_EXCHANGE): swaps two paths atomically. 0, or -1 with errno.
 int qtool_rename_exchange(const char *a, const char *b);
 /// renameat2(RENAME_NOREPLACE): fails with EEXIST when `to` exists. 0, or -1 with errno.

@@ -114,10 +114,11 @@ $(PYTHON): fixtures/generate/requirements.txt
 bench: build venv
 	$(PYTHON) Benchmarks/bench.py
 
-## interop: transformers/PEFT and Keras load qtool's outputs; logits and predictions compared (needs the venv)
+## interop: transformers/PEFT and Keras load qtool's outputs; logits, predictions and eval losses compared (needs the venv)
 interop: build venv
 	HF_HUB_OFFLINE=1 $(PYTHON) Tests/Interop/merge_interop.py
 	$(PYTHON) Tests/Interop/hdf5_interop.py
+	HF_HUB_OFFLINE=1 $(PYTHON) Tests/Interop/finetune_interop.py
 
 ## fixtures: regenerate every golden with the reference libraries (records their versions)
 fixtures: venv build

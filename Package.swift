@@ -51,9 +51,12 @@ let package = Package(
             name: "LanguageModel", dependencies: ["TensorCore", "Quantization", "LoRAMerge", "CModelKernels"], swiftSettings: kernelSettings
         ),
         .target(
+            name: "FineTune", dependencies: ["TensorCore", "SafetensorsFormat", "LanguageModel"], swiftSettings: kernelSettings),
+        .target(
             name: "QToolCommands",
             dependencies: [
                 "TensorCore", "SafetensorsFormat", "Quantization", "NF4Format", "LoRAMerge", "HDF5Format", "LanguageModel", "Tokenizer",
+                "FineTune",
                 "CProcess",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
@@ -78,6 +81,9 @@ let package = Package(
             name: "LanguageModelTests",
             dependencies: ["LanguageModel", "LoRAMerge", "Quantization", "SafetensorsFormat", "TensorCore", "TestSupport"]),
         .testTarget(name: "NF4FormatTests", dependencies: ["NF4Format", "TensorCore", "TestSupport"]),
+        .testTarget(
+            name: "FineTuneTests",
+            dependencies: ["FineTune", "LanguageModel", "LoRAMerge", "Quantization", "SafetensorsFormat", "TensorCore", "TestSupport"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "TensorCore", "TestSupport"]),
         .testTarget(name: "CLibrariesTests", dependencies: ["CZstd", "CHDF5", "COpenBLAS"]),
         .testTarget(

@@ -135,25 +135,33 @@ struct EvalCommand: ParsableCommand {
     /// The `text` of each line of a JSON Lines file (blank lines skipped). A line that is not a
     /// JSON object with a string `text` is an error naming its number.
     static func readJSONLines(_ path: String) throws -> [String] {
+        try JSONLines.read(path).map { number, value in
+            guard let text = value["text"]?.stringValue else {
+                throw CommandError(path: path, "line \(number): not an object with a string \"text\"")
+            }
+            return text
+        }
+    }
+}
+
+/// JSON Lines files.
+enum JSONLines {
+    /// Each non-blank line parsed, with its number (from 1). A line that is not JSON is an error
+    /// naming it; a file without lines is an error.
+    static func read(_ path: String) throws -> [(line: Int, value: JSONValue)] {
         let bytes = try TextInput.bytes(path)
-        var texts: [String] = []
+        var values: [(line: Int, value: JSONValue)] = []
         var lineNumber = 0
         for line in bytes.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false) {
             lineNumber += 1
-            let trimmed = line.drop { $0 == 0x20 || $0 == 0x09 || $0 == 0x0D }
-            guard !trimmed.isEmpty, !trimmed.allSatisfy({ $0 == 0x20 || $0 == 0x09 || $0 == 0x0D }) else { continue }
-            let value: JSONValue
+            guard !line.allSatisfy({ $0 == 0x20 || $0 == 0x09 || $0 == 0x0D }) else { continue }
             do {
-                value = try Array(line).withUnsafeBytes { try JSONParser.parse($0) }
+                values.append((lineNumber, try Array(line).withUnsafeBytes { try JSONParser.parse($0) }))
             } catch {
                 throw CommandError(path: path, "line \(lineNumber): not JSON (\(error))")
             }
-            guard let text = value["text"]?.stringValue else {
-                throw CommandError(path: path, "line \(lineNumber): not an object with a string \"text\"")
-            }
-            texts.append(text)
         }
-        guard !texts.isEmpty else { throw CommandError(path: path, "holds no lines") }
-        return texts
+        guard !values.isEmpty else { throw CommandError(path: path, "holds no lines") }
+        return values
     }
 }

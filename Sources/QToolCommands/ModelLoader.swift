@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import LanguageModel
 import LoRAMerge
+import Quantization
 import TensorCore
 import Tokenizer
 
@@ -11,15 +12,26 @@ struct LoadedModel {
     let model: LanguageModel
     let checkpoint: Checkpoint
 
-    /// Opens `path` with LoRA `adapters` (`DIR` or `DIR=WEIGHT`) applied un-merged.
-    static func open(_ path: String, adapters: [String], allowExternal: Bool, threads: Int) throws -> LoadedModel {
+    /// Opens `path` with LoRA `adapters` (`DIR` or `DIR=WEIGHT`) applied un-merged. With
+    /// `quantizeOnLoad`, float weights of the linear layers (what bitsandbytes' `load_in_4bit`
+    /// quantizes: 2-D weights other than embeddings and the output head) become NF4 in memory,
+    /// blocksize 64 with double quantization, one tensor at a time.
+    static func open(_ path: String, adapters: [String], allowExternal: Bool, threads: Int, quantizeOnLoad: Bool = false) throws
+        -> LoadedModel
+    {
         let checkpoint = try Checkpoint.open(path, allowExternal: allowExternal)
         guard let configFile = checkpoint.companions.first(where: { $0.name == "config.json" }) else {
             throw CommandError(path: path, "no config.json beside the weights (give the model folder or a .nf4 that carries it)")
         }
         let config = try ModelConfig(json: try configFile.read(), path: checkpoint.isFolder ? path + "/config.json" : path)
         var tensors: [String: StoredTensor] = [:]
-        for entry in checkpoint.entries { tensors[entry.name] = try entry.load() }
+        for entry in checkpoint.entries {
+            var tensor = try entry.load()
+            if quantizeOnLoad, case .plain(let plain) = tensor, TensorSelection().shouldQuantize(name: entry.name, dtype: plain.dtype, shape: plain.shape) {
+                tensor = .quantized(try QuantizedTensor.quantize(plain, type: .nf4, blocksize: 64, doubleQuantization: true, threads: threads))
+            }
+            tensors[entry.name] = tensor
+        }
         let loaded = try adapters.map(AdapterFolder.parseSpec).map { (adapter: try AdapterFolder.load($0.path), weight: $0.weight) }
         let model = try LanguageModel(config: config, tensors: tensors, adapters: loaded, path: path, threads: threads)
         return LoadedModel(model: model, checkpoint: checkpoint)

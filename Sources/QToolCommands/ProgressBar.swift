@@ -15,7 +15,9 @@ public final class ProgressBar: @unchecked Sendable {
     private let unit: Unit
     private var done = 0
 
-    public enum Unit { case bytes, items, tokens }
+    /// `.steps` shows the caller's detail text (loss, rate) in place of a rate.
+    public enum Unit { case bytes, items, tokens, steps }
+    private var detail = ""
 
     public init(label: String, total: Int, unit: Unit = .bytes, quiet: Bool) {
         self.label = label
@@ -39,6 +41,15 @@ public final class ProgressBar: @unchecked Sendable {
         draw(done)
     }
 
+    /// Records `done` units and the text shown beside the bar.
+    public func update(_ done: Int, detail: String) {
+        lock.lock()
+        defer { lock.unlock() }
+        self.done = done
+        self.detail = detail
+        draw(done)
+    }
+
     private func draw(_ done: Int) {
         guard enabled else { return }
         let now = Date()
@@ -57,6 +68,7 @@ public final class ProgressBar: @unchecked Sendable {
             case .bytes: ProgressBar.formatBytes(rate) + "/s"
             case .items: String(format: "%.1f/s", rate)
             case .tokens: String(format: "%.0f tokens/s", rate)
+            case .steps: String(format: "%d/%d ", done, total) + detail
             }
         StandardError.write(
             String(format: "\r%@ %@ %3.0f%% %@ ETA %@ ", label, bar, fraction * 100, rateText, ProgressBar.formatDuration(eta)))

@@ -158,7 +158,6 @@ struct FinetuneCommand: ParsableCommand {
         if initAdapter != nil && (useDora || useRslora) {
             throw ValidationError("--init-adapter sets rsLoRA and DoRA from its adapter_config.json; leave out --use-rslora / --use-dora")
         }
-        _ = try targets()
     }
 
     func targets() throws -> [LoRATarget] {
@@ -166,12 +165,13 @@ struct FinetuneCommand: ParsableCommand {
         var out: [LoRATarget] = []
         for name in target.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) {
             guard let t = LoRATarget(name: name) else {
-                throw ValidationError(
-                    "--target: the model's blocks have no '\(name)'; qtool trains q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj (or all-linear)")
+                throw CommandError(
+                    path: model,
+                    "--target \(name): the model's blocks have no such linear layer; qtool trains q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj (or all-linear)")
             }
             if !out.contains(t) { out.append(t) }
         }
-        guard !out.isEmpty else { throw ValidationError("--target names no module") }
+        guard !out.isEmpty else { throw CommandError(path: model, "--target names no module") }
         return out
     }
 
@@ -180,6 +180,7 @@ struct FinetuneCommand: ParsableCommand {
         let threads = ParallelismSettings.threadCount
         let started = Date()
         // Refuse an output that cannot be written before any work: nothing there is touched yet.
+        let targets = try targets()
         try OutputFolder.prepare(output)
         let loaded = try LoadedModel.open(
             model, adapters: [], allowExternal: inputOptions.allowExternal, threads: threads, quantizeOnLoad: !noQuantize)
@@ -204,7 +205,7 @@ struct FinetuneCommand: ParsableCommand {
             adapterConfig = try JSONParser.parse(String(decoding: try TextInput.bytes(initAdapter + "/adapter_config.json"), as: UTF8.self))
             initial = "adapter " + String(XXH64.hash(try TextInput.bytes(initAdapter + "/adapter_model.safetensors")), radix: 16)
         } else {
-            let settings = LoRASettings(rank: rank, alpha: alpha, rsLoRA: useRslora, doRA: useDora, targets: try targets())
+            let settings = LoRASettings(rank: rank, alpha: alpha, rsLoRA: useRslora, doRA: useDora, targets: targets)
             modules = lm.newLoRAModules(settings, seed: seed)
             adapterConfig = Self.peftConfig(settings, dropout: dropout, base: model)
             initial = "seed \(seed)"

@@ -72,12 +72,24 @@ demo: build
 	@echo "== qtool merge $(DEMO)/tiny-llama-bnb --adapter fixtures/lora/lora -o $(DEMO)/tiny-llama-bnb-merged"
 	@$(QTOOL) merge $(DEMO)/tiny-llama-bnb --adapter fixtures/lora/lora -o $(DEMO)/tiny-llama-bnb-merged
 	@echo
-	@echo "== qtool eval fixtures/models/llama-gqa --data fixtures/models/eval.jsonl (float, then qtool's own NF4 with a LoRA adapter)"
-	@$(QTOOL) eval fixtures/models/llama-gqa --data fixtures/models/eval.jsonl --quiet
-	@$(QTOOL) quantize fixtures/models/llama-gqa $(DEMO)/llama-gqa.nf4 --quiet
-	@$(QTOOL) eval $(DEMO)/llama-gqa.nf4 --data fixtures/models/eval.jsonl --adapter fixtures/models/llama-gqa-lora --quiet
-	@echo "== qtool generate fixtures/models/llama-gqa --prompt 'The function returns' --max-tokens 12 --json (random weights: the ids, not the text, are the point)"
-	@$(QTOOL) generate fixtures/models/llama-gqa --prompt "The function returns" --max-tokens 12 --json | grep '"ids"'
+	@echo "== The QLoRA pipeline on fixtures/models/llama-gqa (random weights: the loss falls, the words are noise)"
+	@echo "-- qtool quantize fixtures/models/llama-gqa $(DEMO)/llama-gqa.nf4"
+	@$(QTOOL) quantize fixtures/models/llama-gqa $(DEMO)/llama-gqa.nf4
+	@echo "-- qtool eval $(DEMO)/llama-gqa.nf4 --data fixtures/finetune/eval.jsonl   (before training)"
+	@$(QTOOL) eval $(DEMO)/llama-gqa.nf4 --data fixtures/finetune/eval.jsonl --quiet
+	@echo "-- qtool finetune $(DEMO)/llama-gqa.nf4 --data fixtures/finetune/train.jsonl --output $(DEMO)/adapter --steps 60 ..."
+	@$(QTOOL) finetune $(DEMO)/llama-gqa.nf4 --data fixtures/finetune/train.jsonl --output $(DEMO)/adapter --steps 60 \
+	  --batch-size 2 --grad-accum 2 --seq-len 64 --rank 8 --alpha 16 --lr 1e-2 --schedule cosine --warmup-steps 3 \
+	  --eval-data fixtures/finetune/eval.jsonl --eval-every 20 --log-every 10 --save-every 30
+	@echo "   $(DEMO)/adapter: $$(ls $(DEMO)/adapter | tr '\n' ' ')"
+	@echo "-- qtool eval $(DEMO)/llama-gqa.nf4 --adapter $(DEMO)/adapter --data fixtures/finetune/eval.jsonl   (after)"
+	@$(QTOOL) eval $(DEMO)/llama-gqa.nf4 --adapter $(DEMO)/adapter --data fixtures/finetune/eval.jsonl --quiet
+	@echo "-- qtool generate $(DEMO)/llama-gqa.nf4 --adapter $(DEMO)/adapter --prompt 'The library' --max-tokens 16"
+	@$(QTOOL) generate $(DEMO)/llama-gqa.nf4 --adapter $(DEMO)/adapter --prompt "The library" --max-tokens 16 --quiet; echo
+	@echo "-- qtool merge $(DEMO)/llama-gqa.nf4 --adapter $(DEMO)/adapter -o $(DEMO)/llama-gqa-tuned.nf4, then its eval"
+	@$(QTOOL) merge $(DEMO)/llama-gqa.nf4 --adapter $(DEMO)/adapter -o $(DEMO)/llama-gqa-tuned.nf4
+	@$(QTOOL) eval $(DEMO)/llama-gqa-tuned.nf4 --data fixtures/finetune/eval.jsonl --quiet
+	@echo "   (the merged model is requantized to NF4, so its loss is near, not equal to, the adapter's)"
 	@echo
 	@echo "sizes:"
 	@du -b fixtures/tiny-llama/model.safetensors $(DEMO)/tiny-llama.nf4 $(DEMO)/tiny-llama-bnb/model.safetensors \

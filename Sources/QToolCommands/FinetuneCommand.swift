@@ -126,6 +126,9 @@ struct FinetuneCommand: ParsableCommand {
     @Option(help: "Continue from OUTPUT/checkpoint-STEP of a run with the same settings.")
     var resume: String?
 
+    @Option(help: "Print a line of the log on standard error every N steps (as a terminal-less job wants).")
+    var logEvery: Int?
+
     @OptionGroup var inputOptions: InputOptions
 
     @OptionGroup var threading: ThreadOptions
@@ -155,6 +158,7 @@ struct FinetuneCommand: ParsableCommand {
         if let evalEvery, evalEvery < 1 { throw ValidationError("--eval-every must be at least 1") }
         if evalEvery != nil && evalData == nil { throw ValidationError("--eval-every needs --eval-data") }
         if let saveEvery, saveEvery < 1 { throw ValidationError("--save-every must be at least 1") }
+        if let logEvery, logEvery < 1 { throw ValidationError("--log-every must be at least 1") }
         if initAdapter != nil && (useDora || useRslora) {
             throw ValidationError("--init-adapter sets rsLoRA and DoRA from its adapter_config.json; leave out --use-rslora / --use-dora")
         }
@@ -250,6 +254,14 @@ struct FinetuneCommand: ParsableCommand {
                 record.step,
                 detail: String(
                     format: "loss %.4f lr %.2e %.0f tokens/s", record.loss, record.lr, Double(trainedTokens) / max(trainingSeconds, 1e-9)))
+            if let logEvery, record.step % logEvery == 0 || record.step == totalSteps {
+                progress.clear()
+                var line = String(
+                    format: "step %d/%d  loss %.4f  lr %.3e  grad_norm %.4f  %.0f tokens/s", record.step, totalSteps, record.loss, record.lr,
+                    record.gradNorm, Double(record.tokens) / max(record.seconds, 1e-9))
+                if let evalLoss = record.evalLoss { line += String(format: "  eval_loss %.4f", evalLoss) }
+                Report.note(line)
+            }
             stoppedBy = ProcessCleanup.stopRequested
             if stoppedBy != nil || saveEvery.map({ record.step % $0 == 0 }) == true {
                 try TrainingCheckpoint.save(trainer, config: adapterConfig, run: run, output: output)
@@ -288,6 +300,7 @@ struct FinetuneCommand: ParsableCommand {
             if let first, let last { line += String(format: ", loss %.4f → %.4f", first, last.loss) }
             if let evalLoss { line += String(format: ", eval loss %.4f", evalLoss) }
             print(line + "; adapter in \(output)")
+            fflush(stdout)
             if !report.quiet {
                 Report.note(
                     String(format: "%.0f tokens/s", rate) + (peak.map { ", peak memory " + ProgressBar.formatBytes(Double($0)) } ?? ""))

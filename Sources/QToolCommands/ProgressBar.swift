@@ -74,6 +74,15 @@ public final class ProgressBar: @unchecked Sendable {
             String(format: "\r%@ %@ %3.0f%% %@ ETA %@ ", label, bar, fraction * 100, rateText, ProgressBar.formatDuration(eta)))
     }
 
+    /// Clears the bar's line so that a line of text can be printed; the next update draws it again.
+    public func clear() {
+        lock.lock()
+        defer { lock.unlock() }
+        guard enabled, drawn else { return }
+        StandardError.write("\r\u{1B}[2K")
+        lastDraw = .distantPast
+    }
+
     /// Clears the bar's line.
     public func finish() {
         guard enabled, drawn else { return }

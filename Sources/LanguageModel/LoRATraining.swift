@@ -385,7 +385,9 @@ public final class LoRATraining: @unchecked Sendable {
         -> (nll: Double, gradient: [Float]?)
     {
         let vocab = model.config.vocabSize, d = model.config.hiddenSize
-        let block = 128
+        // 512 rows: the product back through the head (`[rows, vocab]·[vocab, hidden]`) then
+        // splits into two calls of rows, one per thread (a call has at least 256 rows).
+        let block = 512
         let capacity = min(block, max(1, targets.count))
         var logits = [Float](repeating: 0, count: capacity * vocab)
         var gathered = [Float](repeating: 0, count: capacity * d)

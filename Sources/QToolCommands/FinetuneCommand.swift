@@ -300,7 +300,7 @@ struct FinetuneCommand: ParsableCommand {
             if let first, let last { line += String(format: ", loss %.4f → %.4f", first, last.loss) }
             if let evalLoss { line += String(format: ", eval loss %.4f", evalLoss) }
             print(line + "; adapter in \(output)")
-            fflush(stdout)
+            fflush(nil)
             if !report.quiet {
                 Report.note(
                     String(format: "%.0f tokens/s", rate) + (peak.map { ", peak memory " + ProgressBar.formatBytes(Double($0)) } ?? ""))

@@ -135,11 +135,12 @@ public enum BLAS {
         multiply(outputGradient.transpose, input, into: weightGradient, accumulate: true, threads: threads)
     }
 
-    /// Rows per call: an eighth of the result, and at least 128 rows, so each call is large
-    /// enough for OpenBLAS to pack its operands once for a good run of work. The split depends
-    /// only on the shape, so one thread and many compute the same bits.
+    /// Rows per call: a quarter of the result, and at least 256 rows. Each call packs the whole
+    /// right-hand operand again (a layer's weight), so calls of fewer rows spend a growing share
+    /// on packing (a fifth at 128 rows of a 576-wide layer); four calls keep two threads even.
+    /// The split depends only on the shape, so one thread and many compute the same bits.
     static func rowsPerTask(rows: Int) -> Int {
-        max(128, (rows + 7) / 8)
+        max(256, (rows + 3) / 4)
     }
 
     /// Columns per call when the columns are split: an eighth, and at least 512.

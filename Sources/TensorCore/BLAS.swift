@@ -143,9 +143,10 @@ public enum BLAS {
         max(256, (rows + 3) / 4)
     }
 
-    /// Columns per call when the columns are split: an eighth, and at least 512.
+    /// Columns per call when the columns are split: an eighth, and at least 256 (a LoRA factor's
+    /// gradient, 16 rows by a layer's width, splits in three).
     static func columnsPerTask(columns: Int) -> Int {
-        max(512, (columns + 7) / 8)
+        max(256, (columns + 7) / 8)
     }
 
     private static func sgemm(_ a: MatrixView, _ b: MatrixView, _ c: MutableMatrixView, scale: Float, accumulate: Bool) {

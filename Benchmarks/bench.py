@@ -422,6 +422,28 @@ def flops_per_token(config, length):
     return 2 * (linear + config["vocab_size"] * d + attention)
 
 
+def finetune_flops_per_token(config, length, rank, checkpointing=False):
+    """Multiply-adds ×2 of one QLoRA training step per token: the forward (flops_per_token); the
+    backward through the frozen weights, which computes the input gradients only (the linear layers
+    and the head once more, attention's two products twice each); the LoRA factors on the 7 linear
+    layers of every block, forward 2·r·(in + out) per token and backward twice that; and with
+    gradient checkpointing one more forward of the blocks (linear layers, attention and LoRA; not
+    the head). The dequantization of the 4-bit weights, the norms, activations and optimizer are
+    not counted."""
+    d, i, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    heads, kv = config["num_attention_heads"], config["num_key_value_heads"]
+    hd = d // heads
+    linear = layers * (d * heads * hd + 2 * d * kv * hd + heads * hd * d + 3 * d * i)
+    attention = layers * heads * hd * length
+    head = config["vocab_size"] * d
+    # in + out of q, k, v, o, gate, up, down
+    lora = layers * 2 * rank * ((d + heads * hd) + 2 * (d + kv * hd) + (heads * hd + d) + 3 * (d + i))
+    forward = flops_per_token(config, length)
+    backward = 2 * (linear + head + 2 * attention)
+    recompute = 2 * (linear + attention) + lora if checkpointing else 0
+    return forward + backward + 3 * lora + recompute
+
+
 def eval_cases(args, work, env, peak):
     """qtool eval against transformers on the same lines at batch 4 × 512, from float32 and NF4."""
     models, data = make_eval_inputs(work)
@@ -469,6 +491,112 @@ def eval_table(args, work, env, machine):
     return rows
 
 
+FINETUNE_STEPS = {"135M": 8, "16M": 64}  # 30–60 s of training each for the peer here
+
+
+def make_finetune_data(work):
+    """A JSON Lines file of 16 lines of fixtures/text/corpus.txt, 1,000 characters each (at least
+    443 tokens with the fixture tokenizer, so every line fills --seq-len 256 and no batch is padded)."""
+    data = work / "finetune.jsonl"
+    if not data.exists():
+        text = (ROOT / "fixtures/text/corpus.txt").read_text()
+        with open(data, "w") as f:
+            for i in range(16):
+                start = (i * 8999) % max(1, len(text) - 1000)
+                f.write(json.dumps({"text": text[start:start + 1000]}) + "\n")
+    return data
+
+
+def has_finetune(args):
+    """Whether this qtool has `finetune`: an unknown subcommand's --help prints the root help and
+    exits 0, so the usage line is what tells."""
+    p = subprocess.run([args.qtool, "finetune", "--help"], capture_output=True, text=True)
+    return p.returncode == 0 and "qtool finetune" in p.stdout
+
+
+def finetune_cases(args, work, env, peak):
+    """qtool finetune (from the float32 folder, quantized to NF4 in memory) against transformers +
+    PEFT + bitsandbytes QLoRA on the eval models, batch 4 × 256, r=16, alpha 32, lr 1e-4, file
+    order; with and without gradient checkpointing on the 135M config. tokens/s is each one's own
+    figure over its training steps (the peer's after one untimed warm-up step); peak RSS is the
+    whole process's. The peer's includes what glibc's malloc keeps of the freed activations (its
+    mmap threshold rises as big blocks are freed, so later ones come from the heap and stay):
+    about 1.3 GB at 135M without checkpointing and 2.2 GB with (MALLOC_MMAP_THRESHOLD_=65536 gives
+    3.3 and 2.1 GB but costs PyTorch a third of its speed or more, so the peer runs as it comes)."""
+    models, _ = make_eval_inputs(work)
+    data = make_finetune_data(work)
+    qtool = has_finetune(args)
+    if not qtool:
+        print(f"note: {args.qtool} has no `finetune` command (its `finetune --help` gives no finetune usage): "
+              f"the finetune table has the peer's figures only")
+    output = work / "finetune-out"
+    rows = []
+    for name, checkpointing in (("135M", False), ("135M", True), ("16M", False)):
+        folder, steps = models[name], FINETUNE_STEPS[name]
+        flags = ["--grad-checkpointing"] if checkpointing else []
+        qcmd = [args.qtool, "finetune", str(folder), "--data", str(data), "--output", str(output), "--steps", str(steps),
+                "--batch-size", "4", "--seq-len", "256", "--rank", "16", "--alpha", "32", "--lr", "1e-4", "--no-shuffle",
+                "--quiet", "--json"] + flags
+        pcmd = [PY, str(ROOT / "Benchmarks/peer_finetune.py"), str(folder), str(data), "--steps", str(steps),
+                "--batch-size", "4", "--seq-len", "256", "--rank", "16", "--alpha", "32"] + flags
+        best = {}
+        for _ in range(args.repeat if name == "16M" else 1):
+            for who, cmd in (("qtool", qcmd), ("peer", pcmd)):
+                if who == "qtool" and not qtool:
+                    continue
+                remove(output)
+                wall, rss, out = run(cmd, env)
+                result = json.loads(out)
+                if who not in best or result["tokens_per_second"] > best[who]["tps"]:
+                    best[who] = {"tps": result["tokens_per_second"], "rss": rss, "loss": result["loss"],
+                                 "reported_rss": result.get("peak_rss_bytes")}
+        remove(output)
+        flops = finetune_flops_per_token(EVAL_CONFIGS[name], 256, 16, checkpointing)
+        q, p = best.get("qtool"), best["peer"]
+        rows.append({"case": f"finetune {name}" + (" ckpt" if checkpointing else ""), "steps": steps,
+                     "flops_per_token": flops,
+                     "qtool_tokens_per_second": q and q["tps"], "qtool_peak_rss": q and q["rss"],
+                     "qtool_reported_peak_rss": q and q["reported_rss"],
+                     "peer_tokens_per_second": p["tps"], "peer_peak_rss": p["rss"],
+                     "speedup": q and q["tps"] / p["tps"],
+                     "qtool_gflops": q and q["tps"] * flops / 1e9, "qtool_share_of_sgemm_peak": q and q["tps"] * flops / 1e9 / peak,
+                     "peer_gflops": p["tps"] * flops / 1e9, "peer_share_of_sgemm_peak": p["tps"] * flops / 1e9 / peak,
+                     "qtool_loss": q and q["loss"], "peer_loss": p["loss"]})
+    return rows
+
+
+def finetune_table(args, work, env, machine):
+    peak = machine["info"]["blas"]["sgemm_gflops"]["all"] or 1
+    rows = finetune_cases(args, work, env, peak)
+
+    def cell(value, text, width):  # qtool's columns, "—" when this qtool has no finetune
+        return f"{'—' if value is None else text(value):>{width}}"
+
+    table(f"{'case':20} {'qtool tok/s':>11} {'peak RSS':>9} | {'peer tok/s':>10} {'peak RSS':>9} | {'× peer':>6} | "
+          f"{'GFLOP/tok':>9} {'of peak q':>9} {'of peak p':>9}",
+          [f"{r['case']:20} {cell(r['qtool_tokens_per_second'], lambda v: f'{v:.0f}', 11)} "
+           f"{cell(r['qtool_peak_rss'], fmt_bytes, 9)} | {r['peer_tokens_per_second']:10.0f} {fmt_bytes(r['peer_peak_rss']):>9} | "
+           f"{cell(r['speedup'], lambda v: f'{v:.2f}', 6)} | {r['flops_per_token'] / 1e9:9.3f} "
+           f"{cell(r['qtool_share_of_sgemm_peak'], lambda v: f'{v * 100:.1f}%', 9)} {r['peer_share_of_sgemm_peak'] * 100:8.1f}%"
+           for r in rows],
+          f"finetune: QLoRA on the eval configs (NF4 with double quantization, float32 compute), r=16 alpha 32 on the 7 linear "
+          f"layers of every block, AdamW lr 1e-4, batch 4 × 256 tokens, {FINETUNE_STEPS['135M']} steps (135M) and "
+          f"{FINETUNE_STEPS['16M']} (16M), file order; ckpt: gradient checkpointing in both; qtool from the float32 folder, "
+          f"quantized in memory; peer: transformers + PEFT + bitsandbytes in process, load and one warm-up step excluded; "
+          f"GFLOP/tok: a training step's per token (forward, input gradients, LoRA; ckpt: the blocks' forward once more); "
+          f"of peak: GFLOP/s against `qtool info --bench`'s all-thread sgemm ({peak:.0f} GFLOP/s)")
+    plain = {r["case"].split()[1]: r for r in rows if not r["case"].endswith("ckpt")}
+    for r in rows:
+        if r["case"].endswith("ckpt"):
+            base = plain[r["case"].split()[1]]
+            for who in ("qtool", "peer"):
+                if r[f"{who}_peak_rss"] is not None:
+                    print(f"{r['case']}: {who} peak RSS {fmt_bytes(r[f'{who}_peak_rss'])} with checkpointing, "
+                          f"{fmt_bytes(base[f'{who}_peak_rss'])} without; tokens/s {r[f'{who}_tokens_per_second'] / base[f'{who}_tokens_per_second'] * 100:.0f}% "
+                          f"of the run without")
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dir", default="/dev/shm/qtool-bench", help="work folder (inputs and outputs)")
@@ -476,7 +604,7 @@ def main():
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--qtool", default=str(ROOT / ".build/release/qtool"))
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
-    parser.add_argument("--only", choices=["memory", "eval", "tokenize"], help="run one part only")
+    parser.add_argument("--only", choices=["memory", "eval", "finetune", "tokenize"], help="run one part only")
     args = parser.parse_args()
 
     work = Path(args.dir)
@@ -487,6 +615,11 @@ def main():
         return
     if args.only == "eval":
         eval_table(args, work, dict(os.environ, OPENBLAS_NUM_THREADS="1"), machine)
+        return
+    if args.only == "finetune":
+        rows = finetune_table(args, work, dict(os.environ, OPENBLAS_NUM_THREADS="1"), machine)
+        if args.json:
+            print(json.dumps([machine] + rows, indent=2))
         return
     if args.only == "tokenize":
         rows = tokenize_table(args, work, dict(os.environ, OPENBLAS_NUM_THREADS="1"))
@@ -556,9 +689,10 @@ def main():
           f"safetensors save_file writes them")
     trows = tokenize_table(args, work, env)
     erows = eval_table(args, work, env, machine)
+    frows = finetune_table(args, work, env, machine)
     mrows = memory_table(args, work, env)
     if args.json:
-        print(json.dumps([machine] + results + qrows + [m, h] + trows + erows + mrows, indent=2))
+        print(json.dumps([machine] + results + qrows + [m, h] + trows + erows + frows + mrows, indent=2))
 
 
 if __name__ == "__main__":

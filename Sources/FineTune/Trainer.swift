@@ -198,6 +198,9 @@ public final class Trainer {
             else {
                 throw ModelError(path: path, "the checkpoint's optimizer state lacks '\(tensor.name)'")
             }
+            guard values.allSatisfy(\.isFinite), m.allSatisfy(\.isFinite), v.allSatisfy({ $0.isFinite && $0 >= 0 }) else {
+                throw ModelError(path: path, "the checkpoint's values for '\(tensor.name)' hold NaN, infinite or negative second moments")
+            }
             tensor.values = values
             first.append(m)
             second.append(v)

@@ -146,6 +146,38 @@ struct FinetuneCommandTests {
         #expect(otherModel.status == 2 && otherModel.stderr.contains("the checkpoint was made with"), "\(otherModel.stderr)")
     }
 
+    /// A damaged checkpoint is refused, naming the file and what is wrong with it.
+    @Test func damagedCheckpointsAreRefused() throws {
+        let folder = Fixtures.temporaryFolder()
+        let common = Self.common(finetune, models, steps: 10)
+        #expect(try QToolBinary.run(common + ["--output", folder + "/run", "--save-every", "5"]).status == 0)
+        func resume(_ edit: (String) throws -> Void) throws -> CommandResult {
+            let copy = folder + "/copy"
+            try? FileManager.default.removeItem(atPath: copy)
+            try FileManager.default.copyItem(atPath: folder + "/run/checkpoint-5", toPath: copy)
+            try edit(copy)
+            return try QToolBinary.run(common + ["--output", folder + "/resumed", "--resume", copy])
+        }
+        var result = try resume { try Data("not safetensors".utf8).write(to: URL(fileURLWithPath: $0 + "/optimizer.safetensors")) }
+        #expect(result.status == 2 && result.stderr.contains("copy/optimizer.safetensors"), "\(result.stderr)")
+        result = try resume { path in
+            let text = String(decoding: Fixtures.bytes(path + "/trainer_state.json"), as: UTF8.self)
+            try Data(text.replacingOccurrences(of: "\"global_step\": 5", with: "\"global_step\": 500").utf8).write(
+                to: URL(fileURLWithPath: path + "/trainer_state.json"))
+        }
+        #expect(result.status == 2 && result.stderr.contains("the checkpoint is at step 500, past this run's 10 steps"), "\(result.stderr)")
+        result = try resume { path in
+            var bytes = Fixtures.bytes(path + "/adapter_model.safetensors")
+            let nan = Float.nan.bitPattern
+            for (i, byte) in withUnsafeBytes(of: nan.littleEndian, Array.init).enumerated() { bytes[bytes.count - 4 + i] = byte }
+            try Data(bytes).write(to: URL(fileURLWithPath: path + "/adapter_model.safetensors"))
+        }
+        #expect(result.status == 2 && result.stderr.contains("hold NaN"), "\(result.stderr)")
+        result = try resume { try FileManager.default.removeItem(atPath: $0 + "/adapter_model.safetensors") }
+        #expect(result.status == 2 && result.stderr.contains("copy: no adapter_model.safetensors"), "\(result.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: folder + "/resumed/adapter_model.safetensors"))
+    }
+
     @Test func aSignalSavesACheckpointThatResumes() throws {
         let folder = Fixtures.temporaryFolder()
         let arguments = [

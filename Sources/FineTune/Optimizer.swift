@@ -27,7 +27,8 @@ public struct AdamW: Sendable {
 
     /// A state restored from a checkpoint.
     public mutating func restore(step: Int, firstMoments: [[Float]], secondMoments: [[Float]]) {
-        precondition(firstMoments.map(\.count) == self.firstMoments.map(\.count) && secondMoments.map(\.count) == self.secondMoments.map(\.count))
+        precondition(
+            firstMoments.map(\.count) == self.firstMoments.map(\.count) && secondMoments.map(\.count) == self.secondMoments.map(\.count))
         self.step = step
         self.firstMoments = firstMoments
         self.secondMoments = secondMoments

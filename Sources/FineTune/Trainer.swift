@@ -166,7 +166,8 @@ public final class Trainer {
         training.parameters.enumerated().flatMap { index, tensor in
             [
                 SafeTensorsWriter.Item(
-                    name: tensor.name + ".exp_avg", payload: Tensor(dtype: .f32, shape: Shape(tensor.shape), values: optimizer.firstMoments[index])),
+                    name: tensor.name + ".exp_avg",
+                    payload: Tensor(dtype: .f32, shape: Shape(tensor.shape), values: optimizer.firstMoments[index])),
                 SafeTensorsWriter.Item(
                     name: tensor.name + ".exp_avg_sq",
                     payload: Tensor(dtype: .f32, shape: Shape(tensor.shape), values: optimizer.secondMoments[index])),

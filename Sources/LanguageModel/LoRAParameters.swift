@@ -67,7 +67,10 @@ public final class LoRAParameters: @unchecked Sendable {
     public var moduleName: String { target.moduleName(layer: layer) }
     public var tensors: [ParameterTensor] { [a, b] + (magnitude.map { [$0] } ?? []) }
 
-    public init(layer: Int, target: LoRATarget, rank: Int, inFeatures: Int, outFeatures: Int, scale: Float, a: [Float], b: [Float], magnitude: [Float]?) {
+    public init(
+        layer: Int, target: LoRATarget, rank: Int, inFeatures: Int, outFeatures: Int, scale: Float, a: [Float], b: [Float],
+        magnitude: [Float]?
+    ) {
         self.layer = layer
         self.target = target
         self.rank = rank
@@ -144,7 +147,9 @@ extension LanguageModel {
     public func loRAModules(from adapter: LoRAAdapter) throws(ModelError) -> [LoRAParameters] {
         guard adapter.replacements.isEmpty else {
             throw ModelError(
-                path: adapter.path, "the adapter replaces '\(adapter.replacements[0].name)' (modules_to_save or a trained bias); qtool trains LoRA modules only")
+                path: adapter.path,
+                "the adapter replaces '\(adapter.replacements[0].name)' (modules_to_save or a trained bias); qtool trains LoRA modules only"
+            )
         }
         var modules: [LoRAParameters] = []
         var seen = Set<String>()
@@ -159,7 +164,8 @@ extension LanguageModel {
             guard module.inFeatures == linear.inFeatures, module.outFeatures == linear.outFeatures else {
                 throw ModelError(
                     path: adapter.path,
-                    "module '\(module.name)' is [\(module.outFeatures), \(module.inFeatures)]; the model's layer is [\(linear.outFeatures), \(linear.inFeatures)]")
+                    "module '\(module.name)' is [\(module.outFeatures), \(module.inFeatures)]; the model's layer is [\(linear.outFeatures), \(linear.inFeatures)]"
+                )
             }
             guard seen.insert(module.name).inserted else { throw ModelError(path: adapter.path, "module '\(module.name)' appears twice") }
             let (a, b) = module.peftFactors()

@@ -256,7 +256,9 @@ public final class LoRATraining: @unchecked Sendable {
     }
 
     /// `y = x·Wᵀ (+ s·(x̃·Aᵀ)·Bᵀ, DoRA-scaled) (+ bias)`, `x̃` the input after dropout; keeps `x̃·Aᵀ`.
-    private func apply(_ layer: Int, _ target: LoRATarget, input: [Float], into output: inout [Float], saves s: LayerSaves, context: Context) {
+    private func apply(
+        _ layer: Int, _ target: LoRATarget, input: [Float], into output: inout [Float], saves s: LayerSaves, context: Context
+    ) {
         let linear = model.linear(layer: layer, target: target)
         let rows = context.rows, inputs = linear.inFeatures, outputs = linear.outFeatures
         let threads = model.threads
@@ -469,7 +471,9 @@ public final class LoRATraining: @unchecked Sendable {
         var unusedReciprocals = [Float](repeating: 0, count: rows)
         normalize(s.x1, weight: layer.postNorm, rows: rows, into: &scratch.normed, reciprocals: &unusedReciprocals)
         gated(s, rows: rows, into: &scratch.hidden)
-        backward(index, .down, input: scratch.hidden, outputGradient: dx, inputGradient: &scratch.dh, accumulate: false, saves: s, context: context)
+        backward(
+            index, .down, input: scratch.hidden, outputGradient: dx, inputGradient: &scratch.dh, accumulate: false, saves: s,
+            context: context)
         scratch.dh.withUnsafeBufferPointer { dh in
             s.gate.withUnsafeBufferPointer { g in
                 s.up.withUnsafeBufferPointer { u in
@@ -487,12 +491,18 @@ public final class LoRATraining: @unchecked Sendable {
                 }
             }
         }
-        backward(index, .gate, input: scratch.normed, outputGradient: scratch.dg, inputGradient: &scratch.dn, accumulate: false, saves: s, context: context)
-        backward(index, .up, input: scratch.normed, outputGradient: scratch.du, inputGradient: &scratch.dn, accumulate: true, saves: s, context: context)
+        backward(
+            index, .gate, input: scratch.normed, outputGradient: scratch.dg, inputGradient: &scratch.dn, accumulate: false, saves: s,
+            context: context)
+        backward(
+            index, .up, input: scratch.normed, outputGradient: scratch.du, inputGradient: &scratch.dn, accumulate: true, saves: s,
+            context: context)
         normBackward(scratch.dn, input: s.x1, weight: layer.postNorm, reciprocals: s.reciprocals2, rows: rows, into: &dx)
 
         // Attention: x1 = x0 + o(attention(rope(q(n1)), rope(k(n1)), v(n1))), n1 = norm(x0).
-        backward(index, .o, input: s.attended, outputGradient: dx, inputGradient: &scratch.dAttended, accumulate: false, saves: s, context: context)
+        backward(
+            index, .o, input: s.attended, outputGradient: dx, inputGradient: &scratch.dAttended, accumulate: false, saves: s,
+            context: context)
         attentionBackward(s, context: context)
         model.rotate(&scratch.dq, heads: c.heads, rows: rows, cos: context.cos, sin: context.sin, inverse: true)
         model.rotate(&scratch.dk, heads: c.kvHeads, rows: rows, cos: context.cos, sin: context.sin, inverse: true)
@@ -515,7 +525,8 @@ public final class LoRATraining: @unchecked Sendable {
         }
     }
 
-    private func normBackward(_ gradient: [Float], input: [Float], weight: [Float], reciprocals: [Float], rows: Int, into dx: inout [Float]) {
+    private func normBackward(_ gradient: [Float], input: [Float], weight: [Float], reciprocals: [Float], rows: Int, into dx: inout [Float])
+    {
         let d = model.config.hiddenSize
         gradient.withUnsafeBufferPointer { g in
             input.withUnsafeBufferPointer { x in
@@ -629,7 +640,8 @@ public final class LoRATraining: @unchecked Sendable {
                         grow(&scratch.product, rows * inputs)
                         scratch.product.withUnsafeMutableBufferPointer { product in
                             BLAS.multiply(
-                                tView, aView, into: MutableMatrixView(product.baseAddress!, rows: rows, columns: inputs), scale: module.scale,
+                                tView, aView, into: MutableMatrixView(product.baseAddress!, rows: rows, columns: inputs),
+                                scale: module.scale,
                                 threads: threads)
                             let key = dropoutKey(layer: layer, target: target, context: context)
                             let p = context.dropout, keepScale = 1 / (1 - context.dropout)
@@ -652,7 +664,9 @@ public final class LoRATraining: @unchecked Sendable {
         saves s: LayerSaves, context: Context
     ) {
         withUnsafeMutablePointer(to: &inputGradient) {
-            backward(layer, target, input: input, outputGradient: outputGradient, inputGradient: $0, accumulate: accumulate, saves: s, context: context)
+            backward(
+                layer, target, input: input, outputGradient: outputGradient, inputGradient: $0, accumulate: accumulate, saves: s,
+                context: context)
         }
     }
 
@@ -716,10 +730,12 @@ public final class LoRATraining: @unchecked Sendable {
                                 let qBlock = MatrixView(qBase + blockStart * qDim, rows: count, columns: headDim, rowStride: qDim)
                                 let keys = MatrixView(kBase, rows: seen, columns: headDim, rowStride: kvDim)
                                 // P, rebuilt exactly as the forward pass computed it.
-                                BLAS.multiply(qBlock, keys.transpose, into: MutableMatrixView(scores, rows: count, columns: seen), scale: scale)
+                                BLAS.multiply(
+                                    qBlock, keys.transpose, into: MutableMatrixView(scores, rows: count, columns: seen), scale: scale)
                                 Kernels.probabilities(
                                     scores, rows: count, stride: seen,
-                                    statistics: statistics.floats + ((start + blockStart) * c.heads + head) * 2, statisticsStride: c.heads * 2,
+                                    statistics: statistics.floats + ((start + blockStart) * c.heads + head) * 2,
+                                    statisticsStride: c.heads * 2,
                                     valid: valid)
                                 let dOBlock = MatrixView(dOBase + blockStart * qDim, rows: count, columns: headDim, rowStride: qDim)
                                 // dV += Pᵀ·dO; dP = dO·Vᵀ; dS = P⊙(dP − Δ).
@@ -737,7 +753,8 @@ public final class LoRATraining: @unchecked Sendable {
                                 let dS = MatrixView(dp, rows: count, columns: seen)
                                 // dQ = scale·dS·K; dK += scale·dSᵀ·Q.
                                 BLAS.multiply(
-                                    dS, keys, into: MutableMatrixView(dqBase + blockStart * qDim, rows: count, columns: headDim, rowStride: qDim),
+                                    dS, keys,
+                                    into: MutableMatrixView(dqBase + blockStart * qDim, rows: count, columns: headDim, rowStride: qDim),
                                     scale: scale)
                                 BLAS.multiply(
                                     dS.transpose, qBlock, into: MutableMatrixView(dkBase, rows: seen, columns: headDim, rowStride: kvDim),
@@ -785,7 +802,8 @@ private func withPointers<R>(
             c.withUnsafeBufferPointer { c in
                 d.withUnsafeBufferPointer { d in
                     e.withUnsafeBufferPointer { e in
-                        f.withUnsafeBufferPointer { f in body(sendable(a), sendable(b), sendable(c), sendable(d), sendable(e), sendable(f)) }
+                        f.withUnsafeBufferPointer { f in body(sendable(a), sendable(b), sendable(c), sendable(d), sendable(e), sendable(f))
+                        }
                     }
                 }
             }

@@ -137,7 +137,9 @@ struct FinetuneCommand: ParsableCommand {
 
     func validate() throws {
         try PathArguments.validate([("MODEL", model)])
-        guard rank >= 1, rank <= LoRAAdapter.maximumRank else { throw ValidationError("--rank must be from 1 to \(LoRAAdapter.maximumRank), not \(rank)") }
+        guard rank >= 1, rank <= LoRAAdapter.maximumRank else {
+            throw ValidationError("--rank must be from 1 to \(LoRAAdapter.maximumRank), not \(rank)")
+        }
         guard alpha.isFinite else { throw ValidationError("--alpha must be a finite number") }
         guard dropout >= 0, dropout < 1 else { throw ValidationError("--dropout must be in [0, 1), not \(dropout)") }
         guard lr.isFinite, lr >= 0 else { throw ValidationError("--lr must be a finite number ≥ 0") }
@@ -171,7 +173,8 @@ struct FinetuneCommand: ParsableCommand {
             guard let t = LoRATarget(name: name) else {
                 throw CommandError(
                     path: model,
-                    "--target \(name): the model's blocks have no such linear layer; qtool trains q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj (or all-linear)")
+                    "--target \(name): the model's blocks have no such linear layer; qtool trains q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj (or all-linear)"
+                )
             }
             if !out.contains(t) { out.append(t) }
         }
@@ -193,7 +196,8 @@ struct FinetuneCommand: ParsableCommand {
 
         let dataset = try TrainingDataset.read(data, tokenizer: tokenizer, seqLen: seqLen, vocabulary: lm.config.vocabSize)
         if dataset.truncated > 0 {
-            Report.warning(data, "\(dataset.truncated) of \(dataset.sequences.count) lines were longer than --seq-len \(seqLen) and were cut")
+            Report.warning(
+                data, "\(dataset.truncated) of \(dataset.sequences.count) lines were longer than --seq-len \(seqLen) and were cut")
         }
         let evalSequences = try evalData.map {
             try TrainingDataset.read($0, tokenizer: tokenizer, seqLen: seqLen, vocabulary: lm.config.vocabSize, textOnly: true).sequences
@@ -257,7 +261,8 @@ struct FinetuneCommand: ParsableCommand {
             if let logEvery, record.step % logEvery == 0 || record.step == totalSteps {
                 progress.clear()
                 var line = String(
-                    format: "step %d/%d  loss %.4f  lr %.3e  grad_norm %.4f  %.0f tokens/s", record.step, totalSteps, record.loss, record.lr,
+                    format: "step %d/%d  loss %.4f  lr %.3e  grad_norm %.4f  %.0f tokens/s", record.step, totalSteps, record.loss,
+                    record.lr,
                     record.gradNorm, Double(record.tokens) / max(record.seconds, 1e-9))
                 if let evalLoss = record.evalLoss { line += String(format: "  eval_loss %.4f", evalLoss) }
                 Report.note(line)
@@ -309,7 +314,9 @@ struct FinetuneCommand: ParsableCommand {
     }
 
     /// What a checkpoint must agree with to be resumed by this run.
-    private func runRecord(settings: TrainerSettings, modules: [LoRAParameters], loaded: LoadedModel, initial: String) throws -> [JSONMember] {
+    private func runRecord(settings: TrainerSettings, modules: [LoRAParameters], loaded: LoadedModel, initial: String) throws
+        -> [JSONMember]
+    {
         let configBytes = try loaded.companion("config.json") ?? []
         var weights = XXH64()
         for entry in loaded.checkpoint.entries.sorted(by: { $0.name < $1.name }) {
@@ -386,7 +393,8 @@ struct TrainingDataset {
                 tokens.append(eos)
             } else if value["messages"] != nil {
                 throw CommandError(
-                    path: path, "line \(number): chat lines (\"messages\") are not supported yet; give {\"text\"} or {\"prompt\", \"completion\"}")
+                    path: path,
+                    "line \(number): chat lines (\"messages\") are not supported yet; give {\"text\"} or {\"prompt\", \"completion\"}")
             } else {
                 throw CommandError(
                     path: path,

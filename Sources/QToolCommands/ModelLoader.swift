@@ -27,8 +27,11 @@ struct LoadedModel {
         var tensors: [String: StoredTensor] = [:]
         for entry in checkpoint.entries {
             var tensor = try entry.load()
-            if quantizeOnLoad, case .plain(let plain) = tensor, TensorSelection().shouldQuantize(name: entry.name, dtype: plain.dtype, shape: plain.shape) {
-                tensor = .quantized(try QuantizedTensor.quantize(plain, type: .nf4, blocksize: 64, doubleQuantization: true, threads: threads))
+            if quantizeOnLoad, case .plain(let plain) = tensor,
+                TensorSelection().shouldQuantize(name: entry.name, dtype: plain.dtype, shape: plain.shape)
+            {
+                tensor = .quantized(
+                    try QuantizedTensor.quantize(plain, type: .nf4, blocksize: 64, doubleQuantization: true, threads: threads))
             }
             tensors[entry.name] = tensor
         }

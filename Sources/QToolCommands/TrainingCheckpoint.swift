@@ -62,7 +62,9 @@ enum TrainingCheckpoint {
     static func restore(_ folder: String, into trainer: Trainer, run: [JSONMember]) throws {
         guard FilePaths.isDirectory(folder) else { throw CommandError(path: folder, "not a checkpoint folder") }
         let statePath = folder + "/trainer_state.json"
-        guard FilePaths.exists(statePath) else { throw CommandError(path: folder, "no trainer_state.json: not a checkpoint of qtool finetune") }
+        guard FilePaths.exists(statePath) else {
+            throw CommandError(path: folder, "no trainer_state.json: not a checkpoint of qtool finetune")
+        }
         let state: JSONValue
         do {
             state = try JSONParser.parse(String(decoding: try TextInput.bytes(statePath), as: UTF8.self))
@@ -80,7 +82,8 @@ enum TrainingCheckpoint {
                 let was = theirs.map { $0.serialized(.compact) } ?? "nothing"
                 throw CommandError(
                     path: folder,
-                    "the checkpoint was made with \(member.key) \(was), this run has \(member.value.serialized(.compact)): resume with the options, model and data of the run that saved it")
+                    "the checkpoint was made with \(member.key) \(was), this run has \(member.value.serialized(.compact)): resume with the options, model and data of the run that saved it"
+                )
             }
         }
         func floats(_ name: String) throws -> [String: [Float]] {

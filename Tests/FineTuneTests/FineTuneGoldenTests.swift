@@ -139,7 +139,8 @@ struct FineTuneGoldenTests {
         let lr = settings["lr"]!.doubleValue!
         for line in Self.goldens[run]!["log"]!.arrayValues! {
             let step = line["step"]!.integerValue! - 1
-            let factor = schedule.factor(step: step, warmup: settings["warmup_steps"]!.integerValue!, total: settings["steps"]!.integerValue!)
+            let factor = schedule.factor(
+                step: step, warmup: settings["warmup_steps"]!.integerValue!, total: settings["steps"]!.integerValue!)
             #expect(abs(lr * factor - line["lr"]!.doubleValue!) <= 1e-12)
         }
     }

@@ -18,7 +18,8 @@ struct TrainingGradientTests {
     }
 
     static func training(
-        model: String = "llama-gqa", adapter name: String = "llama-gqa-lora", threads: Int = 2, dropout: Float = 0, checkpointing: Bool = false
+        model: String = "llama-gqa", adapter name: String = "llama-gqa-lora", threads: Int = 2, dropout: Float = 0,
+        checkpointing: Bool = false
     ) throws -> LoRATraining {
         let base = try ModelGoldenTests.load(model: model, adapter: nil, threads: threads)
         let modules = try base.loRAModules(from: try adapter(name))
@@ -56,7 +57,8 @@ struct TrainingGradientTests {
         let training = try Self.training(adapter: adapterName)
         let analytic = Self.gradients(training)
         var checked = 0
-        for tensor in training.parameters where tensor.name.contains("layers.0.self_attn.q_proj") || tensor.name.contains("layers.1.mlp.down_proj")
+        for tensor in training.parameters
+        where tensor.name.contains("layers.0.self_attn.q_proj") || tensor.name.contains("layers.1.mlp.down_proj")
             || tensor.name.contains("layers.0.self_attn.v_proj") || tensor.name.contains("layers.1.mlp.gate_proj")
         {
             let g = analytic[tensor.name]!
@@ -79,7 +81,8 @@ struct TrainingGradientTests {
     @Test func dropoutGradientsMatchFiniteDifferences() throws {
         let training = try Self.training(dropout: 0.25)
         let analytic = Self.gradients(training, stream: 3)
-        for tensor in training.parameters where tensor.name.contains("layers.1.self_attn.k_proj") || tensor.name.contains("layers.0.mlp.up_proj") {
+        for tensor in training.parameters
+        where tensor.name.contains("layers.1.self_attn.k_proj") || tensor.name.contains("layers.0.mlp.up_proj") {
             let g = analytic[tensor.name]!
             let index = g.indices.max { abs(g[$0]) < abs(g[$1]) }!
             let h: Float = 2e-2 * max(0.05, abs(tensor.values[index]))

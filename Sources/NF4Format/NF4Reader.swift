@@ -22,6 +22,8 @@ public struct NF4File: Sendable {
     public let metadata: [(key: String, value: String)]?
     public let entries: [NF4Entry]
     public let files: [(name: String, section: NF4Section)]
+    /// Where the header's JSON lies.
+    public let headerRange: Range<Int>
 
     public init(path: String) throws {
         self.path = path
@@ -58,6 +60,7 @@ public struct NF4File: Sendable {
             throw NF4Error.invalidHeader(path: path, detail: "\(headerLength) bytes, over the limit of \(NF4Container.maximumHeaderLength)")
         }
         let headerRange = Int(headerOffset)..<Int(headerOffset + headerLength)
+        self.headerRange = headerRange
         let header: JSONValue = try mapping.withBytes(in: headerRange) { bytes in
             guard XXH64.hash(bytes) == headerChecksum else { throw NF4Error.headerChecksumMismatch(path: path) }
             do {
@@ -109,6 +112,41 @@ public struct NF4File: Sendable {
     public func fileBytes(_ name: String) throws -> [UInt8] {
         guard let section = files.first(where: { $0.name == name })?.section else { return [] }
         return try load(section, owner: name, dtype: .u8, shape: [section.size]).withBytes { Array($0) }
+    }
+
+    /// Every section of the file: each tensor's and each carried file's.
+    public var sections: [(owner: String, section: NF4Section)] {
+        var out: [(owner: String, section: NF4Section)] = []
+        for entry in entries {
+            switch entry.kind {
+            case .plain(let section): out.append((entry.name, section))
+            case .quantized(_, _, _, _, let sections):
+                for key in sections.keys.sorted() { out.append((entry.name + " (" + key + ")", sections[key]!)) }
+            }
+        }
+        for file in files { out.append((file.name, file.section)) }
+        return out
+    }
+
+    /// The offset of the first byte that no section, the header, the prelude or the trailer
+    /// covers and that is not zero (the format pads with zeros), or nil when every such byte is.
+    /// The checksums cover the rest, so with this every byte of the file is accounted for.
+    public func firstStrayByte() -> Int? {
+        var covered = sections.map { $0.section.offset..<($0.section.offset + $0.section.length) } + [headerRange]
+        covered.sort { $0.lowerBound < $1.lowerBound }
+        let end = mapping.count - NF4Container.trailerSize
+        var position = NF4Container.preludeSize
+        func check(_ gap: Range<Int>) -> Int? {
+            guard !gap.isEmpty else { return nil }
+            return mapping.withBytes(in: gap) { bytes in
+                bytes.firstIndex { $0 != 0 }.map { gap.lowerBound + $0 }
+            }
+        }
+        for range in covered {
+            if range.lowerBound > position, let stray = check(position..<min(range.lowerBound, end)) { return stray }
+            position = max(position, range.upperBound)
+        }
+        return position < end ? check(position..<end) : nil
     }
 
     /// Reads every section once, checking every checksum.

@@ -48,6 +48,8 @@ struct Checkpoint {
     let companions: [(name: String, read: @Sendable () throws -> [UInt8])]
     /// Tensor names grouped by the file holding them, when the input is a sharded folder.
     let shardGroups: [(file: String, tensors: [String])]?
+    /// The container, when the input is a .nf4 file (what `verify` checks beyond the tensors).
+    var nf4File: NF4File? = nil
 
     var isQuantized: Bool { entries.contains { $0.quantization != nil } }
 
@@ -152,7 +154,8 @@ struct Checkpoint {
             }
         }
         let companions = file.files.map { item in (name: item.name, read: { @Sendable in try file.fileBytes(item.name) }) }
-        return Checkpoint(format: .nf4, path: path, entries: entries, metadata: file.metadata, companions: companions, shardGroups: nil)
+        return Checkpoint(
+            format: .nf4, path: path, entries: entries, metadata: file.metadata, companions: companions, shardGroups: nil, nf4File: file)
     }
 
     /// Files of a model folder that travel with its weights: config, tokenizer, generation and

@@ -38,7 +38,7 @@ public struct QTool: ParsableCommand {
         version: version,
         subcommands: [
             InspectCommand.self, ConvertCommand.self, QuantizeCommand.self, DequantizeCommand.self, MergeCommand.self, TokenizeCommand.self,
-            EvalCommand.self, GenerateCommand.self, FinetuneCommand.self,
+            EvalCommand.self, GenerateCommand.self, FinetuneCommand.self, VerifyCommand.self, DiffCommand.self,
             InfoCommand.self,
         ]
     )

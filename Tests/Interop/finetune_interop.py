@@ -107,17 +107,31 @@ def main():
         print(f"{'ok  ' if moved else 'FAIL'} the output holds the init adapter's {len(initial)} tensors, every lora_B "
               f"trained away from zero")
 
+    adapters = [adapter]
+    if not args.adapter:
+        # Adapters qtool makes itself (its own adapter_config.json): DoRA on every linear layer,
+        # and rsLoRA on two with dropout.
+        for name, flags in (("fresh-dora", ["--use-dora"]),
+                            ("fresh-rslora", ["--use-rslora", "--target", "q_proj,v_proj", "--dropout", "0.1"])):
+            fresh = Path(work.name) / name
+            cmd = [str(QTOOL), "finetune", str(ROOT / "fixtures/models/llama-gqa-bnb-nf4"), "--data", str(DATA / "train.jsonl"),
+                   "--output", str(fresh), "--steps", "6", "--batch-size", "2", "--seq-len", "64", "--lr", "1e-2", "--quiet"] + flags
+            print("$ " + " ".join(cmd[1:]))
+            subprocess.run(cmd, check=True)
+            adapters.append(fresh)
+
     data = DATA / run["eval_data"]
     texts = [json.loads(line)["text"] for line in data.read_text().splitlines() if line.strip()]
-    theirs, their_tokens = peft_eval_loss(adapter, texts, run["eval_seq_len"])
-    ours, our_tokens = qtool_eval_loss(adapter, data, run["eval_seq_len"])
-    rel = abs(ours - theirs) / abs(theirs)
-    ok = rel <= TOLERANCE and our_tokens == their_tokens and math.isfinite(ours)
-    failures += not ok
-    print(f"PEFT + transformers + bitsandbytes eval loss: {theirs:.8f} over {their_tokens} tokens")
-    print(f"qtool eval loss:                              {ours:.8f} over {our_tokens} tokens")
-    print(f"{'ok  ' if ok else 'FAIL'} eval loss of {adapter.name} on llama-gqa-bnb-nf4: relative difference "
-          f"{rel:.2e} (≤ {TOLERANCE:g})")
+    for adapter in adapters:
+        theirs, their_tokens = peft_eval_loss(adapter, texts, run["eval_seq_len"])
+        ours, our_tokens = qtool_eval_loss(adapter, data, run["eval_seq_len"])
+        rel = abs(ours - theirs) / abs(theirs)
+        ok = rel <= TOLERANCE and our_tokens == their_tokens and math.isfinite(ours)
+        failures += not ok
+        print(f"PEFT + transformers + bitsandbytes eval loss: {theirs:.8f} over {their_tokens} tokens")
+        print(f"qtool eval loss:                              {ours:.8f} over {our_tokens} tokens")
+        print(f"{'ok  ' if ok else 'FAIL'} eval loss of {adapter.name} on llama-gqa-bnb-nf4: relative difference "
+              f"{rel:.2e} (≤ {TOLERANCE:g})")
     print(f"{failures} failure(s)")
     work.cleanup()
     sys.exit(1 if failures else 0)

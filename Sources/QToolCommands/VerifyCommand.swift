@@ -1,0 +1,463 @@
+import ArgumentParser
+import Foundation
+import LanguageModel
+import LoRAMerge
+import NF4Format
+import Quantization
+import TensorCore
+import Tokenizer
+
+/// `qtool verify`: checks that gate a CI job on an artifact's integrity and on its error against
+/// its source. Exit 0 when every check holds, 1 when one fails, 2 on bad input.
+struct VerifyCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "verify",
+        abstract: "Check an artifact's integrity and its error against its source; exit 1 when a check fails.",
+        discussion: """
+            ARTIFACT is a .nf4 file, a safetensors file or model folder, or a bitsandbytes 4-bit folder.
+            Always checked: integrity (a .nf4's header and every section's checksum, every byte of
+            the file accounted for; every tensor of a safetensors file or folder readable; a
+            bitsandbytes quant_state consistent with its codes), finite values (no NaN or infinity
+            in float tensors or block scales), and, when config.json is there, that the tensors fit
+            it (layers, hidden size, heads, vocabulary) and that tokenizer.json fits the vocabulary.
+
+            --against SOURCE: each tensor (dequantized) against the source's: rmse, max abs error,
+            cosine, SQNR in dB, bits per parameter; --max-rmse, --min-cosine, --min-sqnr-db and
+            --max-abs-error fail the check when the worst tensor is past them.
+
+            Exit status: 0 every check holds, 1 a check failed, 2 bad input (a missing, unreadable
+            or malformed file). --json prints the report; --junit FILE writes JUnit XML, a test
+            case per check.
+
+            Examples:
+              qtool verify model.nf4
+              qtool verify model.nf4 --against model/ --min-cosine 0.99 --min-sqnr-db 18 --junit verify.xml
+            """)
+
+    @Argument(help: "A .nf4 file, a safetensors file or model folder, or a bitsandbytes folder.")
+    var artifact: String
+
+    @Option(help: "The checkpoint ARTIFACT was made from, to measure its error against.")
+    var against: String?
+
+    @Option(help: "Fail when a tensor's rmse against the source is above this.")
+    var maxRmse: Double?
+
+    @Option(help: "Fail when a tensor's cosine similarity to the source is below this.")
+    var minCosine: Double?
+
+    @Option(help: "Fail when a tensor's SQNR (dB) against the source is below this.")
+    var minSqnrDb: Double?
+
+    @Option(help: "Fail when a tensor's largest absolute error is above this.")
+    var maxAbsError: Double?
+
+    @Option(help: "Write a JUnit XML report (a test case per check) to this file.")
+    var junit: String?
+
+    @OptionGroup var inputOptions: InputOptions
+
+    @OptionGroup var threading: ThreadOptions
+
+    @OptionGroup var report: ReportOptions
+
+    func validate() throws {
+        try PathArguments.validate([("ARTIFACT", artifact)] + (against.map { [("--against", $0)] } ?? []))
+        if against == nil, [maxRmse, minCosine, minSqnrDb, maxAbsError].contains(where: { $0 != nil }) {
+            throw ValidationError("--max-rmse, --min-cosine, --min-sqnr-db and --max-abs-error need --against SOURCE")
+        }
+        for (name, value) in [("--max-rmse", maxRmse), ("--min-cosine", minCosine), ("--min-sqnr-db", minSqnrDb), ("--max-abs-error", maxAbsError)] {
+            if let value, !value.isFinite { throw ValidationError("\(name) must be a finite number") }
+        }
+    }
+
+    func run() throws {
+        threading.apply()
+        let checkpoint = try Checkpoint.open(artifact, allowExternal: inputOptions.allowExternal)
+        var checks = Integrity.checks(checkpoint)
+        var tensorReports: [TensorError] = []
+        if let against {
+            let source = try Checkpoint.open(against, allowExternal: inputOptions.allowExternal)
+            let comparison = try TensorComparisonReport.compare(checkpoint, against: source, sourcePath: against)
+            tensorReports = comparison.tensors
+            checks.append(
+                VerifyCheck(
+                    name: "tensors-match", ok: comparison.problems.isEmpty, detail: comparison.problems.first ?? "",
+                    value: Double(comparison.problems.count)))
+            func worst(_ name: String, _ values: [Double], threshold: Double?, largest: Bool, unit: String) {
+                guard let value = largest ? values.max() : values.min() else { return }
+                let tensor = tensorReports.first { ($0.metric(name) ?? .nan) == value }?.name ?? ""
+                let ok = threshold.map { largest ? value <= $0 : value >= $0 } ?? true
+                let bound = threshold.map { (largest ? " (at most " : " (at least ") + format($0) + unit + ")" } ?? ""
+                checks.append(
+                    VerifyCheck(
+                        name: name, ok: ok, detail: "worst tensor '\(tensor)': \(format(value))\(unit)\(bound)", value: value,
+                        threshold: threshold))
+            }
+            worst("rmse", tensorReports.map(\.rmse), threshold: maxRmse, largest: true, unit: "")
+            worst("max_abs_error", tensorReports.map(\.maxAbsError), threshold: maxAbsError, largest: true, unit: "")
+            worst("cosine", tensorReports.map(\.cosine), threshold: minCosine, largest: false, unit: "")
+            worst("sqnr_db", tensorReports.map(\.sqnrDB), threshold: minSqnrDb, largest: false, unit: " dB")
+            if report.json == false && !report.quiet {
+                let total = comparison.total
+                print(
+                    String(
+                        format: "against %@: %d tensors, rmse %.4g, cosine %.6f, SQNR %.2f dB, %.3f bits per parameter",
+                        TerminalText.escaped(against), tensorReports.count, total.rmse, total.cosine, total.sqnrDB, total.bitsPerParameter))
+            }
+        }
+        let ok = checks.allSatisfy(\.ok)
+        if let junit { try JUnitReport.write(checks, suite: "qtool verify \(artifact)", to: junit) }
+        if report.json {
+            var members = [
+                JSONMember(key: "ok", value: .bool(ok)),
+                JSONMember(key: "checks", value: .array(checks.map(\.json))),
+            ]
+            if !tensorReports.isEmpty { members.append(JSONMember(key: "tensors", value: .array(tensorReports.map(\.json)))) }
+            Report.printJSON(.object(members))
+        } else {
+            for check in checks where !(report.quiet && check.ok) {
+                print("\(check.ok ? "ok  " : "FAIL") \(check.name)" + (check.detail.isEmpty ? "" : ": " + TerminalText.escaped(check.detail)))
+            }
+        }
+        if !ok { throw ExitCode(1) }
+    }
+}
+
+/// One check of `verify`.
+struct VerifyCheck {
+    let name: String
+    let ok: Bool
+    var detail = ""
+    var value: Double?
+    var threshold: Double?
+
+    var json: JSONValue {
+        var members = [JSONMember(key: "name", value: .string(name)), JSONMember(key: "ok", value: .bool(ok))]
+        if let value { members.append(JSONMember(key: "value", value: .double(value))) }
+        if let threshold { members.append(JSONMember(key: "threshold", value: .double(threshold))) }
+        if !detail.isEmpty { members.append(JSONMember(key: "detail", value: .string(detail))) }
+        return .object(members)
+    }
+}
+
+private func format(_ value: Double) -> String { String(format: "%.6g", value) }
+
+/// The checks that need nothing but the artifact.
+enum Integrity {
+    static func checks(_ checkpoint: Checkpoint) -> [VerifyCheck] {
+        var problems: [String] = []
+        var nonFinite: [String] = []
+        var tensors: [String: StoredTensor] = [:]
+        if let file = checkpoint.nf4File, let stray = file.firstStrayByte() {
+            problems.append("byte \(stray) lies outside every section and is not zero padding")
+        }
+        for entry in checkpoint.entries {
+            let stored: StoredTensor
+            do {
+                stored = try entry.load()
+            } catch {
+                problems.append("tensor '\(entry.name)': \(Self.problem(error))")
+                continue
+            }
+            switch stored {
+            case .plain(let tensor):
+                // Every byte is read: a safetensors tensor past a truncated end fails here.
+                if tensor.dtype.isFloatingPoint, FloatConversion.decodable.contains(tensor.dtype), !Self.allFinite(tensor) {
+                    nonFinite.append(entry.name)
+                }
+            case .quantized(let q):
+                do {
+                    try q.checkScales(name: entry.name)
+                } catch {
+                    nonFinite.append(entry.name)
+                }
+                if q.packed.shape.elementCount != (q.shape.elementCount + 1) / 2 {
+                    problems.append("tensor '\(entry.name)': \(q.packed.shape.elementCount) bytes of codes for \(q.shape.elementCount) values")
+                }
+            }
+            tensors[entry.name] = stored
+        }
+        var companions: [String: [UInt8]] = [:]
+        for companion in checkpoint.companions {
+            do {
+                companions[companion.name] = try companion.read()
+            } catch {
+                problems.append("file '\(companion.name)': \(Self.problem(error))")
+            }
+        }
+        var checks = [
+            VerifyCheck(
+                name: "integrity", ok: problems.isEmpty,
+                detail: problems.isEmpty ? "\(checkpoint.entries.count) tensors read" : problems.prefix(3).joined(separator: "; "),
+                value: Double(problems.count)),
+            VerifyCheck(
+                name: "finite", ok: nonFinite.isEmpty,
+                detail: nonFinite.isEmpty ? "" : "NaN or infinite values in " + nonFinite.prefix(3).map { "'\($0)'" }.joined(separator: ", "),
+                value: Double(nonFinite.count)),
+        ]
+        if let config = companions["config.json"] {
+            checks.append(Self.configCheck(config, tensors: tensors, path: checkpoint.path))
+            if let tokenizer = companions["tokenizer.json"] {
+                checks.append(Self.tokenizerCheck(tokenizer, config: companions["tokenizer_config.json"], modelConfig: config))
+            }
+        }
+        return checks
+    }
+
+    static func problem(_ error: Error) -> String {
+        if let error = error as? any FileError { return error.problem }
+        return String(describing: error)
+    }
+
+    static func allFinite(_ tensor: Tensor) -> Bool {
+        var finite = true
+        try? tensor.stream(chunkBytes: 1 << 22) { bytes in
+            guard finite else { return }
+            let count = bytes.count * 8 / tensor.dtype.bitSize
+            var values = [Float](repeating: 0, count: count)
+            values.withUnsafeMutableBufferPointer {
+                FloatConversion.decodeToFloat32(bytes.baseAddress!, tensor.dtype, from: 0, count: count, into: $0.baseAddress!)
+            }
+            if !values.allSatisfy(\.isFinite) { finite = false }
+        }
+        return finite
+    }
+
+    /// The model's config against its tensors: for the architectures the model stage runs, every
+    /// tensor it binds (names and shapes); for others, what every transformers config says
+    /// (vocabulary and hidden size against the embedding, the number of layers).
+    static func configCheck(_ bytes: [UInt8], tensors: [String: StoredTensor], path: String) -> VerifyCheck {
+        do {
+            let config = try ModelConfig(json: bytes, path: path)
+            _ = try LanguageModel(config: config, tensors: tensors, path: path, threads: 1)
+            return VerifyCheck(name: "config", ok: true, detail: "\(config.layers) layers, hidden \(config.hiddenSize), vocabulary \(config.vocabSize)")
+        } catch let error as ModelError where error.problem.contains("architecture") || error.problem.contains("model_type") {
+            return genericConfigCheck(bytes, tensors: tensors)
+        } catch {
+            return VerifyCheck(name: "config", ok: false, detail: problem(error))
+        }
+    }
+
+    static func genericConfigCheck(_ bytes: [UInt8], tensors: [String: StoredTensor]) -> VerifyCheck {
+        guard let json = try? JSONParser.parse(String(decoding: bytes, as: UTF8.self)) else {
+            return VerifyCheck(name: "config", ok: false, detail: "config.json is not JSON")
+        }
+        var problems: [String] = []
+        if let vocab = json["vocab_size"]?.integerValue, let hidden = json["hidden_size"]?.integerValue,
+            let embedding = tensors.first(where: { $0.key.hasSuffix("embed_tokens.weight") || $0.key.hasSuffix("wte.weight") })
+        {
+            if embedding.value.shape.dimensions != [vocab, hidden] {
+                problems.append("'\(embedding.key)' is \(embedding.value.shape.dimensions), the config says [\(vocab), \(hidden)]")
+            }
+        }
+        if let layers = json["num_hidden_layers"]?.integerValue {
+            let indices = Set(
+                tensors.keys.compactMap { name -> Int? in
+                    guard let range = name.range(of: ".layers.") ?? name.range(of: ".h.") else { return nil }
+                    return Int(name[range.upperBound...].prefix { $0.isNumber })
+                })
+            if !indices.isEmpty && indices != Set(0..<layers) {
+                problems.append("the tensors hold \(indices.count) layers, the config says \(layers)")
+            }
+        }
+        return VerifyCheck(name: "config", ok: problems.isEmpty, detail: problems.first ?? "")
+    }
+
+    static func tokenizerCheck(_ bytes: [UInt8], config tokenizerConfig: [UInt8]?, modelConfig: [UInt8]) -> VerifyCheck {
+        do {
+            let tokenizer = try Tokenizer(json: bytes, config: tokenizerConfig, path: "tokenizer.json")
+            guard let json = try? JSONParser.parse(String(decoding: modelConfig, as: UTF8.self)), let vocab = json["vocab_size"]?.integerValue
+            else {
+                return VerifyCheck(name: "tokenizer", ok: true, detail: "\(tokenizer.vocabularySize) tokens")
+            }
+            let ok = tokenizer.vocabularySize <= vocab
+            return VerifyCheck(
+                name: "tokenizer", ok: ok,
+                detail: ok
+                    ? "\(tokenizer.vocabularySize) tokens in a vocabulary of \(vocab)"
+                    : "the tokenizer has \(tokenizer.vocabularySize) tokens, more than the model's vocab_size \(vocab)",
+                value: Double(tokenizer.vocabularySize), threshold: Double(vocab))
+        } catch {
+            return VerifyCheck(name: "tokenizer", ok: false, detail: "tokenizer.json: " + problem(error))
+        }
+    }
+}
+
+/// One tensor of an artifact against its source.
+struct TensorError {
+    let name: String
+    let rmse: Double
+    let maxAbsError: Double
+    let cosine: Double
+    let sqnrDB: Double
+    let bitsPerParameter: Double
+
+    func metric(_ name: String) -> Double? {
+        switch name {
+        case "rmse": rmse
+        case "max_abs_error": maxAbsError
+        case "cosine": cosine
+        case "sqnr_db": sqnrDB
+        default: nil
+        }
+    }
+
+    var json: JSONValue {
+        .object([
+            JSONMember(key: "name", value: .string(name)), JSONMember(key: "rmse", value: .double(rmse)),
+            JSONMember(key: "max_abs_error", value: .double(maxAbsError)), JSONMember(key: "cosine", value: .double(cosine)),
+            JSONMember(key: "sqnr_db", value: .double(sqnrDB)), JSONMember(key: "bits_per_parameter", value: .double(bitsPerParameter)),
+        ])
+    }
+}
+
+/// Sums from which the error figures of one tensor or of many follow.
+struct ErrorSums {
+    var count = 0
+    var squaredError = 0.0
+    var sourceSquares = 0.0
+    var artifactSquares = 0.0
+    var product = 0.0
+    var maxAbsError = 0.0
+    var storedBits = 0.0
+
+    mutating func add(_ artifact: [Float], _ source: [Float]) {
+        for (a, s) in zip(artifact, source) {
+            let x = Double(s), y = Double(a), e = y - x
+            squaredError += e * e
+            sourceSquares += x * x
+            artifactSquares += y * y
+            product += x * y
+            maxAbsError = max(maxAbsError, abs(e))
+        }
+        count += artifact.count
+    }
+
+    mutating func merge(_ other: ErrorSums) {
+        count += other.count
+        squaredError += other.squaredError
+        sourceSquares += other.sourceSquares
+        artifactSquares += other.artifactSquares
+        product += other.product
+        maxAbsError = max(maxAbsError, other.maxAbsError)
+        storedBits += other.storedBits
+    }
+
+    var rmse: Double { count == 0 ? 0 : (squaredError / Double(count)).squareRoot() }
+    /// 1 when both are zero (identical), 0 when one is.
+    var cosine: Double {
+        if sourceSquares == 0 && artifactSquares == 0 { return 1 }
+        guard sourceSquares > 0, artifactSquares > 0 else { return 0 }
+        return product / (sourceSquares.squareRoot() * artifactSquares.squareRoot())
+    }
+    /// `10·log10(Σx² / Σ(x̂ − x)²)`; infinite (reported as 999) when the tensors are equal.
+    var sqnrDB: Double {
+        guard squaredError > 0 else { return 999 }
+        guard sourceSquares > 0 else { return -999 }
+        return 10 * Foundation.log10(sourceSquares / squaredError)
+    }
+    var bitsPerParameter: Double { count == 0 ? 0 : storedBits / Double(count) }
+}
+
+/// Every tensor two checkpoints share, compared as float32 values, a tensor at a time.
+enum TensorComparisonReport {
+    struct Result {
+        var tensors: [TensorError] = []
+        var total = ErrorSums()
+        /// Tensors in one checkpoint only, or of other shapes.
+        var problems: [String] = []
+    }
+
+    static func floats(_ stored: StoredTensor, threads: Int) -> [Float] {
+        switch stored {
+        case .plain(let tensor): return LoRAModule.floats(tensor)
+        case .quantized(let q): return q.dequantized(to: .f32, threads: threads).values(as: Float.self)
+        }
+    }
+
+    static func compare(_ artifact: Checkpoint, against source: Checkpoint, sourcePath: String) throws -> Result {
+        var result = Result()
+        let sourceEntries = Dictionary(source.entries.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        let artifactNames = Set(artifact.entries.map(\.name))
+        for entry in artifact.entries {
+            guard let other = sourceEntries[entry.name] else {
+                result.problems.append("'\(entry.name)' is not in \(sourcePath)")
+                continue
+            }
+            guard entry.shape == other.shape else {
+                result.problems.append("'\(entry.name)' is \(entry.shape.dimensions) here, \(other.shape.dimensions) in the source")
+                continue
+            }
+            guard isNumeric(entry.dtype), isNumeric(other.dtype) else { continue }
+            let a = floats(try entry.load(), threads: ParallelismSettings.threadCount)
+            let s = floats(try other.load(), threads: ParallelismSettings.threadCount)
+            var sums = ErrorSums()
+            sums.add(a, s)
+            sums.storedBits = Double(entry.storedBytes * 8)
+            result.total.merge(sums)
+            result.tensors.append(
+                TensorError(
+                    name: entry.name, rmse: sums.rmse, maxAbsError: sums.maxAbsError, cosine: sums.cosine, sqnrDB: sums.sqnrDB,
+                    bitsPerParameter: sums.bitsPerParameter))
+        }
+        for entry in source.entries where !artifactNames.contains(entry.name) {
+            result.problems.append("'\(entry.name)' of the source is missing")
+        }
+        return result
+    }
+
+    static func isNumeric(_ dtype: DType) -> Bool { FloatConversion.decodable.contains(dtype) }
+}
+
+/// JUnit XML, the report CI systems show: one test case per check, a failure for each that fails.
+enum JUnitReport {
+    static func escaped(_ text: String) -> String {
+        var out = ""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "&": out += "&amp;"
+            case "<": out += "&lt;"
+            case ">": out += "&gt;"
+            case "\"": out += "&quot;"
+            case "'": out += "&apos;"
+            default:
+                // XML 1.0 has no place for most control characters.
+                if scalar.value < 0x20 && scalar != "\n" && scalar != "\t" && scalar != "\r" {
+                    out += "?"
+                } else {
+                    out.unicodeScalars.append(scalar)
+                }
+            }
+        }
+        return out
+    }
+
+    static func xml(_ checks: [VerifyCheck], suite: String) -> String {
+        let failures = checks.filter { !$0.ok }.count
+        var xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
+        xml += "<testsuites tests=\"\(checks.count)\" failures=\"\(failures)\">\n"
+        xml += "  <testsuite name=\"\(escaped(suite))\" tests=\"\(checks.count)\" failures=\"\(failures)\">\n"
+        for check in checks {
+            xml += "    <testcase classname=\"qtool.verify\" name=\"\(escaped(check.name))\""
+            if check.ok {
+                xml += "/>\n"
+            } else {
+                xml += ">\n      <failure message=\"\(escaped(check.detail))\"/>\n    </testcase>\n"
+            }
+        }
+        xml += "  </testsuite>\n</testsuites>\n"
+        return xml
+    }
+
+    static func write(_ checks: [VerifyCheck], suite: String, to path: String) throws {
+        let output = try AtomicFileOutput(destination: path)
+        do {
+            try output.write(Array(xml(checks, suite: suite).utf8))
+            try output.commit()
+        } catch {
+            output.abort()
+            throw error
+        }
+    }
+}

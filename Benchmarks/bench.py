@@ -273,6 +273,29 @@ def tokenize_table(args, work, env):
     return rows
 
 
+def verify_table(args, work, env):
+    """`qtool verify` of a .nf4 over 1 GB (qtool's NF4 of the 4.3 GB bf16 memory input): integrity
+    only — the header, every section's checksum, every byte of the file accounted for, finite
+    scales — in GB/s of the file, best of --repeat whole processes. Target: at least 2 GB/s."""
+    src, _ = make_memory_inputs(work)
+    nf4 = work / "verify.nf4"
+    if not nf4.exists():
+        subprocess.run([args.qtool, "quantize", str(src), str(nf4), "--quiet"], check=True)
+    size = nf4.stat().st_size
+    best = None
+    for _ in range(args.repeat):
+        wall, rss, _ = run([args.qtool, "verify", str(nf4), "--quiet"], env)
+        if best is None or wall < best[0]:
+            best = (wall, rss)
+    row = {"case": "verify .nf4 (integrity)", "input_bytes": size, "qtool_seconds": best[0], "qtool_gbps": size / best[0] / 1e9,
+           "qtool_peak_rss": best[1], "target_gbps": 2.0, "meets_target": size / best[0] / 1e9 >= 2.0}
+    table(f"{'case':26} {'size':>9} {'qtool s':>8} {'GB/s':>6} {'peak RSS':>9} {'≥ 2 GB/s':>9}",
+          [f"{row['case']:26} {fmt_bytes(size):>9} {row['qtool_seconds']:8.3f} {row['qtool_gbps']:6.2f} "
+           f"{fmt_bytes(row['qtool_peak_rss']):>9} {str(row['meets_target']):>9}"],
+          "verify: qtool's NF4 (double quantization) of the 4.3 GB bf16 memory input; whole process, integrity checks only")
+    return [row]
+
+
 def make_memory_inputs(work):
     """About 4.3 GB of bf16: 32 Llama-named weights of 8192×8192 (134 MB each) and a norm,
     written by safetensors; an r=16 PEFT-format adapter (random factors) on every weight."""
@@ -604,7 +627,7 @@ def main():
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--qtool", default=str(ROOT / ".build/release/qtool"))
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
-    parser.add_argument("--only", choices=["memory", "eval", "finetune", "tokenize"], help="run one part only")
+    parser.add_argument("--only", choices=["memory", "eval", "finetune", "tokenize", "verify"], help="run one part only")
     args = parser.parse_args()
 
     work = Path(args.dir)
@@ -618,6 +641,11 @@ def main():
         return
     if args.only == "finetune":
         rows = finetune_table(args, work, dict(os.environ, OPENBLAS_NUM_THREADS="1"), machine)
+        if args.json:
+            print(json.dumps([machine] + rows, indent=2))
+        return
+    if args.only == "verify":
+        rows = verify_table(args, work, dict(os.environ, OPENBLAS_NUM_THREADS="1"))
         if args.json:
             print(json.dumps([machine] + rows, indent=2))
         return
@@ -691,8 +719,9 @@ def main():
     erows = eval_table(args, work, env, machine)
     frows = finetune_table(args, work, env, machine)
     mrows = memory_table(args, work, env)
+    vrows = verify_table(args, work, env)
     if args.json:
-        print(json.dumps([machine] + results + qrows + [m, h] + trows + erows + frows + mrows, indent=2))
+        print(json.dumps([machine] + results + qrows + [m, h] + trows + erows + frows + mrows + vrows, indent=2))
 
 
 if __name__ == "__main__":

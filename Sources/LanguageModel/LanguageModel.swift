@@ -203,42 +203,55 @@ public final class LanguageModel: @unchecked Sendable {
             into: MutableMatrixView(output, rows: rows, columns: config.vocabSize), threads: threads, workspace: workspace)
     }
 
+    /// The final hidden rows that predict a next token, gathered `[targets, hidden]`, and the token
+    /// each predicts: every position of every sequence that has a next token, from `scoredFrom`
+    /// on in each sequence (the positions before are context only).
+    public func targetRows(_ sequences: [[Int]], scoredFrom: Int = 0) -> (hidden: [Float], tokens: [Int]) {
+        let hidden = hiddenStates(sequences)
+        let d = config.hiddenSize
+        var rows: [Int] = []
+        var tokens: [Int] = []
+        var row = 0
+        for sequence in sequences {
+            let last = max(0, sequence.count - 1)
+            for i in min(scoredFrom, last)..<last {
+                rows.append(row + i)
+                tokens.append(sequence[i + 1])
+            }
+            row += sequence.count
+        }
+        var gathered = [Float](repeating: 0, count: rows.count * d)
+        hidden.withUnsafeBufferPointer { hidden in
+            gathered.withUnsafeMutableBufferPointer { g in
+                for (i, row) in rows.enumerated() { (g.baseAddress! + i * d).update(from: hidden.baseAddress! + row * d, count: d) }
+            }
+        }
+        return (gathered, tokens)
+    }
+
     /// Next-token negative log-likelihood summed over every position of every sequence that has a
     /// next token, and the number of such positions. The head runs a block of rows at a time.
     /// Positions before `scoredFrom` in each sequence are context only.
     public func negativeLogLikelihood(_ sequences: [[Int]], scoredFrom: Int = 0) -> (sum: Double, tokens: Int) {
-        let hidden = hiddenStates(sequences)
-        var targets: [(row: Int, token: Int)] = []
-        var row = 0
-        for sequence in sequences {
-            let last = max(0, sequence.count - 1)
-            for i in min(scoredFrom, last)..<last { targets.append((row + i, sequence[i + 1])) }
-            row += sequence.count
-        }
+        let (hidden, targets) = targetRows(sequences, scoredFrom: scoredFrom)
         let block = 128
         let vocab = config.vocabSize, d = config.hiddenSize
         var logits = [Float](repeating: 0, count: block * vocab)
-        var gathered = [Float](repeating: 0, count: block * d)
         var sum = 0.0
         var start = 0
         while start < targets.count {
             let count = min(block, targets.count - start)
-            hidden.withUnsafeBufferPointer { hidden in
-                gathered.withUnsafeMutableBufferPointer { g in
-                    for i in 0..<count {
-                        (g.baseAddress! + i * d).update(from: hidden.baseAddress! + targets[start + i].row * d, count: d)
-                    }
+            hidden.withUnsafeBufferPointer { g in
+                logits.withUnsafeMutableBufferPointer {
+                    self.logits(hidden: g.baseAddress! + start * d, rows: count, into: $0.baseAddress!)
                 }
-            }
-            gathered.withUnsafeBufferPointer { g in
-                logits.withUnsafeMutableBufferPointer { self.logits(hidden: g.baseAddress!, rows: count, into: $0.baseAddress!) }
             }
             var partial = [Double](repeating: 0, count: count)
             logits.withUnsafeBufferPointer { l in
                 partial.withUnsafeMutableBufferPointer { p in
                     let out = SendableMutableRawPointer(UnsafeMutableRawPointer(p.baseAddress!))
                     let input = SendableRawPointer(UnsafeRawPointer(l.baseAddress!))
-                    let chosen = (0..<count).map { targets[start + $0].token }
+                    let chosen = Array(targets[start..<(start + count)])
                     parallelForChunks(count: count, chunk: 16, threads: threads) { range in
                         let values = input.raw.assumingMemoryBound(to: Float.self)
                         let nll = out.raw.assumingMemoryBound(to: Double.self)

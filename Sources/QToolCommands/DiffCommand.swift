@@ -52,7 +52,8 @@ struct DiffCommand: ParsableCommand {
             guard let reference = aEntries[entry.name] else { continue }
             let aKind = Self.describe(reference), bKind = Self.describe(entry)
             if aKind != bKind { changed.append((entry.name, aKind, bKind)) }
-            guard reference.shape == entry.shape, TensorComparisonReport.isNumeric(reference.dtype), TensorComparisonReport.isNumeric(entry.dtype)
+            guard reference.shape == entry.shape, TensorComparisonReport.isNumeric(reference.dtype),
+                TensorComparisonReport.isNumeric(entry.dtype)
             else { continue }
             let x = TensorComparisonReport.floats(try reference.load(), threads: ParallelismSettings.threadCount)
             let y = TensorComparisonReport.floats(try entry.load(), threads: ParallelismSettings.threadCount)
@@ -110,7 +111,9 @@ struct DiffCommand: ParsableCommand {
                     error.sqnrDB))
         }
         for change in configChanges {
-            show("config.json \(change.key): \(change.a?.serialized(.compact) ?? "(absent)") → \(change.b?.serialized(.compact) ?? "(absent)")")
+            show(
+                "config.json \(change.key): \(change.a?.serialized(.compact) ?? "(absent)") → \(change.b?.serialized(.compact) ?? "(absent)")"
+            )
         }
     }
 

@@ -52,6 +52,30 @@ struct VerifyCommand: ParsableCommand {
     @Option(help: "Fail when a tensor's largest absolute error is above this.")
     var maxAbsError: Double?
 
+    @Option(help: "With --against: JSON Lines of {\"text\"} to compare the two models' next-token distributions on.")
+    var data: String?
+
+    @Option(help: "With --against: a text file compared by llama-perplexity's chunking (with --ctx).")
+    var text: String?
+
+    @Option(help: "Chunk length in tokens for --text.")
+    var ctx: Int?
+
+    @Option(help: "Tokens kept of each --data line (default: the model's max_position_embeddings).")
+    var maxSeqLen: Int?
+
+    @Option(help: "Sequences run together for --data and --text.")
+    var batchSize = 4
+
+    @Option(help: "Fail when the artifact's perplexity over the source's is above this.")
+    var maxPplRatio: Double?
+
+    @Option(help: "Fail when the mean KL divergence from the source is above this.")
+    var maxKld: Double?
+
+    @Option(help: "Fail when the share of positions where both pick the same top token is below this.")
+    var minSameTop: Double?
+
     @Option(help: "Write a JUnit XML report (a test case per check) to this file.")
     var junit: String?
 
@@ -66,9 +90,24 @@ struct VerifyCommand: ParsableCommand {
         if against == nil, [maxRmse, minCosine, minSqnrDb, maxAbsError].contains(where: { $0 != nil }) {
             throw ValidationError("--max-rmse, --min-cosine, --min-sqnr-db and --max-abs-error need --against SOURCE")
         }
-        for (name, value) in [("--max-rmse", maxRmse), ("--min-cosine", minCosine), ("--min-sqnr-db", minSqnrDb), ("--max-abs-error", maxAbsError)] {
+        let thresholds = [
+            ("--max-rmse", maxRmse), ("--min-cosine", minCosine), ("--min-sqnr-db", minSqnrDb), ("--max-abs-error", maxAbsError),
+            ("--max-ppl-ratio", maxPplRatio), ("--max-kld", maxKld), ("--min-same-top", minSameTop),
+        ]
+        for (name, value) in thresholds {
             if let value, !value.isFinite { throw ValidationError("\(name) must be a finite number") }
         }
+        if data != nil || text != nil {
+            guard against != nil else { throw ValidationError("--data and --text compare against a source: give --against SOURCE") }
+            guard data == nil || text == nil else { throw ValidationError("give --data or --text, not both") }
+        }
+        if text != nil {
+            guard let ctx, ctx >= 2 else { throw ValidationError("--text needs --ctx N (at least 2)") }
+        }
+        if data == nil && text == nil, [maxPplRatio, maxKld, minSameTop].contains(where: { $0 != nil }) {
+            throw ValidationError("--max-ppl-ratio, --max-kld and --min-same-top need --data or --text")
+        }
+        guard batchSize >= 1 else { throw ValidationError("--batch-size must be at least 1") }
     }
 
     func run() throws {
@@ -106,6 +145,29 @@ struct VerifyCommand: ParsableCommand {
                         TerminalText.escaped(against), tensorReports.count, total.rmse, total.cosine, total.sqnrDB, total.bitsPerParameter))
             }
         }
+        var quality: QualityComparison?
+        if let against, data != nil || text != nil {
+            let comparison = try compareQuality(against: against)
+            quality = comparison
+            func add(_ name: String, _ value: Double, _ threshold: Double?, largest: Bool, _ text: String) {
+                let ok = threshold.map { largest ? value <= $0 : value >= $0 } ?? true
+                checks.append(VerifyCheck(name: name, ok: ok, detail: text, value: value, threshold: threshold))
+            }
+            add(
+                "ppl_ratio", comparison.perplexityRatio, maxPplRatio, largest: true,
+                String(
+                    format: "perplexity %.4f against the source's %.4f over %d tokens", comparison.artifactPerplexity,
+                    comparison.sourcePerplexity, comparison.tokens))
+            add(
+                "kld", comparison.meanDivergence, maxKld, largest: true,
+                String(
+                    format: "mean KL divergence %.6f (median %.6f, 99%% %.6f, max %.6f)", comparison.meanDivergence,
+                    comparison.divergencePercentile(50), comparison.divergencePercentile(99), comparison.divergences.max() ?? 0))
+            add(
+                "same_top", comparison.sameTopShare, minSameTop, largest: false,
+                String(
+                    format: "the same top token at %.2f%% of positions; RMS Δp %.4f", comparison.sameTopShare * 100, comparison.rmsDeltaP))
+        }
         let ok = checks.allSatisfy(\.ok)
         if let junit { try JUnitReport.write(checks, suite: "qtool verify \(artifact)", to: junit) }
         if report.json {
@@ -114,13 +176,90 @@ struct VerifyCommand: ParsableCommand {
                 JSONMember(key: "checks", value: .array(checks.map(\.json))),
             ]
             if !tensorReports.isEmpty { members.append(JSONMember(key: "tensors", value: .array(tensorReports.map(\.json)))) }
+            if let quality {
+                members.append(
+                    JSONMember(
+                        key: "quality",
+                        value: .object([
+                            JSONMember(key: "ppl", value: .double(quality.artifactPerplexity)),
+                            JSONMember(key: "ppl_source", value: .double(quality.sourcePerplexity)),
+                            JSONMember(key: "ppl_ratio", value: .double(quality.perplexityRatio)),
+                            JSONMember(key: "kld_mean", value: .double(quality.meanDivergence)),
+                            JSONMember(key: "kld_median", value: .double(quality.divergencePercentile(50))),
+                            JSONMember(key: "kld_p99", value: .double(quality.divergencePercentile(99))),
+                            JSONMember(key: "kld_max", value: .double(quality.divergences.max() ?? 0)),
+                            JSONMember(key: "same_top", value: .double(quality.sameTopShare)),
+                            JSONMember(key: "rms_delta_p", value: .double(quality.rmsDeltaP)),
+                            JSONMember(key: "tokens", value: .integer(quality.tokens)),
+                        ])))
+            }
             Report.printJSON(.object(members))
         } else {
             for check in checks where !(report.quiet && check.ok) {
-                print("\(check.ok ? "ok  " : "FAIL") \(check.name)" + (check.detail.isEmpty ? "" : ": " + TerminalText.escaped(check.detail)))
+                print(
+                    "\(check.ok ? "ok  " : "FAIL") \(check.name)" + (check.detail.isEmpty ? "" : ": " + TerminalText.escaped(check.detail)))
             }
         }
         if !ok { throw ExitCode(1) }
+    }
+}
+
+extension VerifyCommand {
+    /// Both models run on the same tokens (the source's tokenizer): the artifact's next-token
+    /// distributions against the source's.
+    func compareQuality(against: String) throws -> QualityComparison {
+        let threads = ParallelismSettings.threadCount
+        let source = try LoadedModel.open(against, adapters: [], allowExternal: inputOptions.allowExternal, threads: threads)
+        let model = try LoadedModel.open(artifact, adapters: [], allowExternal: inputOptions.allowExternal, threads: threads)
+        guard source.model.config.vocabSize == model.model.config.vocabSize else {
+            throw CommandError(
+                path: artifact, "its vocabulary (\(model.model.config.vocabSize)) is not the source's (\(source.model.config.vocabSize))")
+        }
+        let tokenizer = try source.tokenizer()
+        let vocab = source.model.config.vocabSize
+        func checked(_ ids: [Int], _ path: String) throws -> [Int] {
+            if let bad = ids.first(where: { $0 >= vocab }) {
+                throw CommandError(path: path, "token id \(bad) is beyond the model's vocabulary (\(vocab))")
+            }
+            return ids
+        }
+        var comparison = QualityComparison()
+        let progress: ProgressBar
+        if let data {
+            let limit = maxSeqLen ?? source.model.config.maxPositions
+            let sequences = try EvalCommand.readJSONLines(data).map { try checked(Array(tokenizer.encode($0).prefix(limit)), data) }
+            progress = ProgressBar(label: "verify", total: sequences.reduce(0) { $0 + $1.count }, unit: .tokens, quiet: report.quiet)
+            var start = 0
+            while start < sequences.count {
+                let batch = Array(sequences[start..<min(sequences.count, start + batchSize)])
+                source.model.compare(with: model.model, batch, into: &comparison)
+                progress.advance(by: batch.reduce(0) { $0 + $1.count })
+                start += batch.count
+            }
+        } else if let text, let ctx {
+            let tokens = try checked(tokenizer.encode(try TextInput.string(text)), text)
+            let chunks = tokens.count / ctx
+            guard chunks > 0 else { throw CommandError(path: text, "holds \(tokens.count) tokens, fewer than one chunk of \(ctx)") }
+            // llama-perplexity's chunks: BOS first when the tokenizer adds one, the second half scored.
+            let bos = tokenizer.bosTokenID.flatMap { id in tokenizer.encode("").first == id ? id : nil }
+            progress = ProgressBar(label: "verify", total: chunks * ctx, unit: .tokens, quiet: report.quiet)
+            var chunk = 0
+            while chunk < chunks {
+                let group = (chunk..<min(chunks, chunk + batchSize)).map { index -> [Int] in
+                    var piece = Array(tokens[(index * ctx)..<((index + 1) * ctx)])
+                    if let bos { piece[0] = bos }
+                    return piece
+                }
+                source.model.compare(with: model.model, group, scoredFrom: ctx / 2, into: &comparison)
+                progress.advance(by: group.count * ctx)
+                chunk += group.count
+            }
+        } else {
+            return comparison
+        }
+        progress.finish()
+        guard comparison.tokens > 0 else { throw CommandError(path: data ?? text ?? artifact, "no position to compare") }
+        return comparison
     }
 }
 
@@ -152,31 +291,46 @@ enum Integrity {
         if let file = checkpoint.nf4File, let stray = file.firstStrayByte() {
             problems.append("byte \(stray) lies outside every section and is not zero padding")
         }
-        for entry in checkpoint.entries {
-            let stored: StoredTensor
-            do {
-                stored = try entry.load()
-            } catch {
-                problems.append("tensor '\(entry.name)': \(Self.problem(error))")
-                continue
-            }
-            switch stored {
-            case .plain(let tensor):
-                // Every byte is read: a safetensors tensor past a truncated end fails here.
-                if tensor.dtype.isFloatingPoint, FloatConversion.decodable.contains(tensor.dtype), !Self.allFinite(tensor) {
-                    nonFinite.append(entry.name)
-                }
-            case .quantized(let q):
+        // The tensors are read on all threads (each one's checksum and values on its own); the
+        // findings are kept in the order of the tensors.
+        struct Finding: Sendable {
+            var problem: String?
+            var nonFinite = false
+            var stored: StoredTensor?
+        }
+        let entries = checkpoint.entries
+        let findings = FindingList(count: entries.count)
+        parallelForChunks(count: entries.count, chunk: 1, threads: ParallelismSettings.threadCount) { range in
+            for index in range {
+                let entry = entries[index]
+                var finding = Finding()
                 do {
-                    try q.checkScales(name: entry.name)
+                    let stored = try entry.load()
+                    finding.stored = stored
+                    switch stored {
+                    case .plain(let tensor):
+                        // Every byte is read: a safetensors tensor past a truncated end fails here.
+                        if tensor.dtype.isFloatingPoint, FloatConversion.decodable.contains(tensor.dtype), !Self.allFinite(tensor) {
+                            finding.nonFinite = true
+                        }
+                    case .quantized(let q):
+                        if (try? q.checkScales(name: entry.name)) == nil { finding.nonFinite = true }
+                        if q.packed.shape.elementCount != (q.shape.elementCount + 1) / 2 {
+                            finding.problem =
+                                "tensor '\(entry.name)': \(q.packed.shape.elementCount) bytes of codes for \(q.shape.elementCount) values"
+                        }
+                    }
                 } catch {
-                    nonFinite.append(entry.name)
+                    finding.problem = "tensor '\(entry.name)': \(Self.problem(error))"
                 }
-                if q.packed.shape.elementCount != (q.shape.elementCount + 1) / 2 {
-                    problems.append("tensor '\(entry.name)': \(q.packed.shape.elementCount) bytes of codes for \(q.shape.elementCount) values")
-                }
+                findings.set(index, finding.problem, finding.nonFinite, finding.stored)
             }
-            tensors[entry.name] = stored
+        }
+        for (index, entry) in entries.enumerated() {
+            let (problem, bad, stored) = findings.get(index)
+            if let problem { problems.append(problem) }
+            if bad { nonFinite.append(entry.name) }
+            if let stored { tensors[entry.name] = stored }
         }
         var companions: [String: [UInt8]] = [:]
         for companion in checkpoint.companions {
@@ -193,7 +347,8 @@ enum Integrity {
                 value: Double(problems.count)),
             VerifyCheck(
                 name: "finite", ok: nonFinite.isEmpty,
-                detail: nonFinite.isEmpty ? "" : "NaN or infinite values in " + nonFinite.prefix(3).map { "'\($0)'" }.joined(separator: ", "),
+                detail: nonFinite.isEmpty
+                    ? "" : "NaN or infinite values in " + nonFinite.prefix(3).map { "'\($0)'" }.joined(separator: ", "),
                 value: Double(nonFinite.count)),
         ]
         if let config = companions["config.json"] {
@@ -231,7 +386,8 @@ enum Integrity {
         do {
             let config = try ModelConfig(json: bytes, path: path)
             _ = try LanguageModel(config: config, tensors: tensors, path: path, threads: 1)
-            return VerifyCheck(name: "config", ok: true, detail: "\(config.layers) layers, hidden \(config.hiddenSize), vocabulary \(config.vocabSize)")
+            return VerifyCheck(
+                name: "config", ok: true, detail: "\(config.layers) layers, hidden \(config.hiddenSize), vocabulary \(config.vocabSize)")
         } catch let error as ModelError where error.problem.contains("architecture") || error.problem.contains("model_type") {
             return genericConfigCheck(bytes, tensors: tensors)
         } catch {
@@ -267,7 +423,8 @@ enum Integrity {
     static func tokenizerCheck(_ bytes: [UInt8], config tokenizerConfig: [UInt8]?, modelConfig: [UInt8]) -> VerifyCheck {
         do {
             let tokenizer = try Tokenizer(json: bytes, config: tokenizerConfig, path: "tokenizer.json")
-            guard let json = try? JSONParser.parse(String(decoding: modelConfig, as: UTF8.self)), let vocab = json["vocab_size"]?.integerValue
+            guard let json = try? JSONParser.parse(String(decoding: modelConfig, as: UTF8.self)),
+                let vocab = json["vocab_size"]?.integerValue
             else {
                 return VerifyCheck(name: "tokenizer", ok: true, detail: "\(tokenizer.vocabularySize) tokens")
             }
@@ -281,6 +438,23 @@ enum Integrity {
         } catch {
             return VerifyCheck(name: "tokenizer", ok: false, detail: "tokenizer.json: " + problem(error))
         }
+    }
+}
+
+/// Results written by the threads of the integrity check, one slot per tensor.
+final class FindingList: @unchecked Sendable {
+    private let lock = NSLock()
+    private var slots: [(String?, Bool, StoredTensor?)]
+    init(count: Int) { slots = Array(repeating: (nil, false, nil), count: count) }
+    func set(_ index: Int, _ problem: String?, _ nonFinite: Bool, _ stored: StoredTensor?) {
+        lock.lock()
+        slots[index] = (problem, nonFinite, stored)
+        lock.unlock()
+    }
+    func get(_ index: Int) -> (String?, Bool, StoredTensor?) {
+        lock.lock()
+        defer { lock.unlock() }
+        return slots[index]
     }
 }
 

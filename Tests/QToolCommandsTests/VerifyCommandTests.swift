@@ -59,7 +59,9 @@ struct VerifyCommandTests {
                 var values = tensor.withBytes { Array($0) }
                 values[0] = 0xC0
                 values[1] = 0x7F
-                items.append(SafeTensorsWriter.Item(name: name, payload: Tensor(dtype: tensor.dtype, shape: tensor.shape, copying: values.withUnsafeBytes { $0 })))
+                items.append(
+                    SafeTensorsWriter.Item(
+                        name: name, payload: Tensor(dtype: tensor.dtype, shape: tensor.shape, copying: values.withUnsafeBytes { $0 })))
             } else {
                 items.append(SafeTensorsWriter.Item(name: name, payload: tensor))
             }

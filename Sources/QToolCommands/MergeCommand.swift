@@ -91,6 +91,7 @@ struct MergeCommand: ParsableCommand {
         writer.shardGroups = checkpoint.shardGroups
         writer.castDType = format == .safetensors ? castTo : nil
         let selection = TensorSelection()
+        let fidelity = FidelityList()
         var changed = 0
         let written = try writer.write(names: checkpoint.entries.map(\.name)) { index in
             let entry = checkpoint.entries[index]
@@ -99,15 +100,28 @@ struct MergeCommand: ParsableCommand {
             let output: MergeStage.Output
             switch try entry.load() {
             case .quantized(let q):
-                output = try MergeStage.merge(
-                    quantized: q, change: change, name: entry.name,
-                    floatType: format == .safetensors ? castTo ?? Self.floatType(q.originalDType) : nil, path: base)
+                if format != .safetensors, let change, !change.terms.isEmpty, change.replacement == nil {
+                    let (merged, measured) = try MergeStage.mergeMeasuring(quantized: q, change: change, name: entry.name, path: base)
+                    output = merged
+                    fidelity.append(measured)
+                } else {
+                    output = try MergeStage.merge(
+                        quantized: q, change: change, name: entry.name,
+                        floatType: format == .safetensors ? castTo ?? Self.floatType(q.originalDType) : nil, path: base)
+                }
                 if case .quantized = output { progress.advance(by: q.storedBytes) }
             case .plain(let tensor):
                 let quantize =
                     format != .safetensors && selection.shouldQuantize(name: entry.name, dtype: tensor.dtype, shape: tensor.shape)
-                output = try MergeStage.merge(
-                    plain: tensor, change: change, name: entry.name, castTo: castTo, quantize: quantize, path: base)
+                if quantize, let change, !change.terms.isEmpty, change.replacement == nil {
+                    let (merged, measured) = try MergeStage.mergeMeasuring(
+                        plain: tensor, change: change, name: entry.name, castTo: castTo, path: base)
+                    output = merged
+                    fidelity.append(measured)
+                } else {
+                    output = try MergeStage.merge(
+                        plain: tensor, change: change, name: entry.name, castTo: castTo, quantize: quantize, path: base)
+                }
                 if quantize { progress.advance(by: tensor.byteCount) }
             }
             switch output {
@@ -117,9 +131,40 @@ struct MergeCommand: ParsableCommand {
         }
         progress.finish()
         let seconds = Date().timeIntervalSince(started)
+        let measured = fidelity.sorted
+        let medianCosine = FidelityList.median(measured.map(\.updateCosine))
+        if let medianCosine, medianCosine < 0.5 {
+            Report.warning(
+                output,
+                String(
+                    format:
+                        "requantizing to 4 bits erased most of the adapter's update (median cosine %.2f between the update that landed and the intended one; %.1f%% of the 4-bit codes changed): merge into a float output (--dtype bf16) to keep it",
+                    medianCosine, (FidelityList.median(measured.map(\.codesChanged)) ?? 0) * 100))
+        }
+        var fidelityMembers: [JSONMember] = []
+        if let medianCosine {
+            fidelityMembers.append(
+                JSONMember(
+                    key: "fidelity",
+                    value: .object([
+                        JSONMember(key: "median_update_cosine", value: .double(medianCosine)),
+                        JSONMember(key: "median_codes_changed", value: .double(FidelityList.median(measured.map(\.codesChanged)) ?? 0)),
+                        JSONMember(
+                            key: "tensors",
+                            value: .array(
+                                measured.map {
+                                    .object([
+                                        JSONMember(key: "name", value: .string($0.name)),
+                                        JSONMember(key: "update_cosine", value: .double($0.updateCosine)),
+                                        JSONMember(key: "relative_norm", value: .double($0.relativeNorm)),
+                                        JSONMember(key: "codes_changed", value: .double($0.codesChanged)),
+                                    ])
+                                })),
+                    ])))
+        }
         if report.json {
             Report.printJSON(
-                JSONValue.object([
+                JSONValue.object(fidelityMembers + [
                     JSONMember(key: "base", value: .string(base)),
                     JSONMember(key: "adapters", value: .array(loaded.map { adapterJSON($0.adapter, weight: $0.weight) })),
                     JSONMember(key: "output", value: .string(output)),
@@ -133,7 +178,12 @@ struct MergeCommand: ParsableCommand {
             Report.note(
                 String(
                     format: "wrote %@: %d adapter%@ merged into %d of %d tensors (%@) in %.2f s", output, loaded.count,
-                    loaded.count == 1 ? "" : "s", changed, checkpoint.entries.count, format.rawValue, seconds))
+                    loaded.count == 1 ? "" : "s", changed, checkpoint.entries.count, format.rawValue, seconds)
+                    + (medianCosine.map {
+                        String(
+                            format: "; the 4-bit update keeps a median cosine of %.3f to the intended one, %.1f%% of codes changed", $0,
+                            (FidelityList.median(measured.map(\.codesChanged)) ?? 0) * 100)
+                    } ?? ""))
         }
     }
 
@@ -291,5 +341,29 @@ extension MergeOutputFormat {
         if self != .nf4, output.hasSuffix(".nf4") {
             throw ValidationError("OUTPUT '\(output)' ends in .nf4 but --format is \(rawValue); use --format nf4 or another name")
         }
+    }
+}
+
+/// What the merge measured of each 4-bit tensor, from whichever thread merged it.
+final class FidelityList: @unchecked Sendable {
+    private let lock = NSLock()
+    private var items: [MergeFidelity] = []
+
+    func append(_ item: MergeFidelity) {
+        lock.lock()
+        items.append(item)
+        lock.unlock()
+    }
+
+    var sorted: [MergeFidelity] {
+        lock.lock()
+        defer { lock.unlock() }
+        return items.sorted { $0.name < $1.name }
+    }
+
+    static func median(_ values: [Double]) -> Double? {
+        guard !values.isEmpty else { return nil }
+        let sorted = values.sorted()
+        return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
     }
 }

@@ -18,10 +18,20 @@ public struct MergeFidelity: Sendable {
     public static func measure(
         name: String, merged: MergedTensor, base: any FloatRowSource, baseCodes: QuantizedTensor, output: QuantizedTensor
     ) throws -> MergeFidelity {
-        let total = output.shape.elementCount
-        let rows = output.shape.rank == 2 ? output.shape.dimensions[0] : 1
+        try measure(
+            name: name, merged: merged, base: base, landedBase: QuantizedRows(baseCodes), landedOutput: QuantizedRows(output),
+            codes: (baseCodes, output))
+    }
+
+    /// The general form: `landedBase` and `landedOutput` are the base and the merged tensor as the
+    /// output stores them (4-bit ones with their `codes`, or floats of the output's type).
+    public static func measure(
+        name: String, merged: MergedTensor, base: any FloatRowSource, landedBase: any FloatRowSource, landedOutput: any FloatRowSource,
+        codes: (before: QuantizedTensor, after: QuantizedTensor)?
+    ) throws -> MergeFidelity {
+        let total = merged.shape.elementCount
+        let rows = merged.shape.rank == 2 ? merged.shape.dimensions[0] : 1
         let columns = rows == 0 ? 0 : total / rows
-        let before = Dequantizer(baseCodes), after = Dequantizer(output)
         var dot = 0.0, intendedSquares = 0.0, landedSquares = 0.0
         var pending: [Float] = []
         var row = 0
@@ -34,13 +44,10 @@ public struct MergeFidelity: Sendable {
                 q0 = baseRows
                 q1 = baseRows
             }
+            _ = first
             baseRows.withUnsafeMutableBufferPointer { base.widenRows(row..<(row + count), columns: columns, into: $0.baseAddress!) }
-            baseCodes.packed.withBytes { packed in
-                q0.withUnsafeMutableBytes { before.decode(first..<(first + elements), packed: packed.baseAddress!, into: $0.baseAddress!, dtype: .f32) }
-            }
-            output.packed.withBytes { packed in
-                q1.withUnsafeMutableBytes { after.decode(first..<(first + elements), packed: packed.baseAddress!, into: $0.baseAddress!, dtype: .f32) }
-            }
+            q0.withUnsafeMutableBufferPointer { landedBase.widenRows(row..<(row + count), columns: columns, into: $0.baseAddress!) }
+            q1.withUnsafeMutableBufferPointer { landedOutput.widenRows(row..<(row + count), columns: columns, into: $0.baseAddress!) }
             for i in 0..<elements {
                 let intended = Double(pending[i]) - Double(baseRows[i])
                 let landed = Double(q1[i]) - Double(q0[i])
@@ -60,21 +67,24 @@ public struct MergeFidelity: Sendable {
         if columns > 0, pending.count >= columns { process(pending.count / columns) }
 
         var changed = 0
-        baseCodes.packed.withBytes { a in
-            output.packed.withBytes { b in
-                for i in 0..<min(a.count, b.count) {
-                    let x = a[i] ^ b[i]
-                    changed += (x & 0x0F != 0 ? 1 : 0) + (x & 0xF0 != 0 ? 1 : 0)
+        if let codes {
+            codes.before.packed.withBytes { a in
+                codes.after.packed.withBytes { b in
+                    for i in 0..<min(a.count, b.count) {
+                        let x = a[i] ^ b[i]
+                        changed += (x & 0x0F != 0 ? 1 : 0) + (x & 0xF0 != 0 ? 1 : 0)
+                    }
                 }
             }
         }
         let cosine: Double =
-            intendedSquares == 0 ? (landedSquares == 0 ? 1 : 0)
+            intendedSquares == 0
+            ? (landedSquares == 0 ? 1 : 0)
             : landedSquares == 0 ? 0 : dot / (intendedSquares.squareRoot() * landedSquares.squareRoot())
         return MergeFidelity(
             name: name, updateCosine: cosine,
             relativeNorm: intendedSquares == 0 ? 0 : (landedSquares / intendedSquares).squareRoot(),
-            codesChanged: Double(changed) / Double(max(1, total)))
+            codesChanged: codes == nil ? .nan : Double(changed) / Double(max(1, total)))
     }
 }
 

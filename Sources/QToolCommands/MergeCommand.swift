@@ -164,16 +164,17 @@ struct MergeCommand: ParsableCommand {
         }
         if report.json {
             Report.printJSON(
-                JSONValue.object(fidelityMembers + [
-                    JSONMember(key: "base", value: .string(base)),
-                    JSONMember(key: "adapters", value: .array(loaded.map { adapterJSON($0.adapter, weight: $0.weight) })),
-                    JSONMember(key: "output", value: .string(output)),
-                    JSONMember(key: "format", value: .string(format.rawValue)),
-                    JSONMember(key: "files", value: .array(written.map(JSONValue.string))),
-                    JSONMember(key: "tensors", value: .integer(checkpoint.entries.count)),
-                    JSONMember(key: "changed_tensors", value: .integer(changed)),
-                    JSONMember(key: "seconds", value: .double(seconds)),
-                ]))
+                JSONValue.object(
+                    fidelityMembers + [
+                        JSONMember(key: "base", value: .string(base)),
+                        JSONMember(key: "adapters", value: .array(loaded.map { adapterJSON($0.adapter, weight: $0.weight) })),
+                        JSONMember(key: "output", value: .string(output)),
+                        JSONMember(key: "format", value: .string(format.rawValue)),
+                        JSONMember(key: "files", value: .array(written.map(JSONValue.string))),
+                        JSONMember(key: "tensors", value: .integer(checkpoint.entries.count)),
+                        JSONMember(key: "changed_tensors", value: .integer(changed)),
+                        JSONMember(key: "seconds", value: .double(seconds)),
+                    ]))
         } else if !report.quiet {
             Report.note(
                 String(

@@ -76,6 +76,16 @@ struct VerifyCommand: ParsableCommand {
     @Option(help: "Fail when the share of positions where both pick the same top token is below this.")
     var minSameTop: Double?
 
+    @Option(help: "A LoRA adapter (DIR or DIR=WEIGHT): alone, checked to fit ARTIFACT; with --base, ARTIFACT is checked as its merge.")
+    var adapter: String?
+
+    @Option(help: "With --adapter: the model the adapter was merged into to make ARTIFACT.")
+    var base: String?
+
+    @Option(
+        help: "With --base and --adapter: fail when the median cosine between the update that landed and the intended one is below this.")
+    var minUpdateCosine: Double?
+
     @Option(help: "Write a JUnit XML report (a test case per check) to this file.")
     var junit: String?
 
@@ -97,8 +107,15 @@ struct VerifyCommand: ParsableCommand {
         for (name, value) in thresholds {
             if let value, !value.isFinite { throw ValidationError("\(name) must be a finite number") }
         }
+        if base != nil && adapter == nil { throw ValidationError("--base needs --adapter DIR (the adapter merged into it)") }
+        if minUpdateCosine != nil && base == nil { throw ValidationError("--min-update-cosine needs --base BASE and --adapter DIR") }
+        if let adapter { _ = try AdapterFolder.parseSpec(adapter) }
+        if let base { try PathArguments.validate([("--base", base)]) }
         if data != nil || text != nil {
-            guard against != nil else { throw ValidationError("--data and --text compare against a source: give --against SOURCE") }
+            guard against != nil || base != nil else {
+                throw ValidationError("--data and --text compare against a source: give --against SOURCE (or --base BASE --adapter DIR)")
+            }
+            guard against == nil || base == nil else { throw ValidationError("give --against or --base, not both, with --data or --text") }
             guard data == nil || text == nil else { throw ValidationError("give --data or --text, not both") }
         }
         if text != nil {
@@ -145,9 +162,41 @@ struct VerifyCommand: ParsableCommand {
                         TerminalText.escaped(against), tensorReports.count, total.rmse, total.cosine, total.sqnrDB, total.bitsPerParameter))
             }
         }
+        var fidelity: [MergeFidelity] = []
+        if let adapter {
+            let spec = try AdapterFolder.parseSpec(adapter)
+            let loaded = try AdapterFolder.load(spec.path)
+            if let base {
+                let result = try MergeCheck.fidelity(
+                    artifact: checkpoint, base: base, adapter: loaded, weight: spec.weight, options: inputOptions)
+                checks.append(contentsOf: result.checks)
+                fidelity = result.tensors
+                if let median = FidelityList.median(fidelity.map(\.updateCosine)) {
+                    let ok = minUpdateCosine.map { median >= $0 } ?? true
+                    let quantized = checkpoint.isQuantized
+                    var detail = String(
+                        format: "median cosine %.4f between the update that landed and the intended one over %d tensors", median,
+                        fidelity.count)
+                    if quantized, let codes = FidelityList.median(fidelity.map(\.codesChanged)) {
+                        detail += String(format: ", %.1f%% of 4-bit codes changed", codes * 100)
+                    }
+                    if !ok && quantized {
+                        detail += "; requantization rounded the update away: merge into a float output (--dtype bf16) instead"
+                    }
+                    checks.append(VerifyCheck(name: "update_cosine", ok: ok, detail: detail, value: median, threshold: minUpdateCosine))
+                }
+            } else {
+                do {
+                    _ = try MergePlan(adapters: [(loaded, spec.weight)], base: checkpoint.entries.map { ($0.name, $0.dtype, $0.shape) })
+                    checks.append(VerifyCheck(name: "adapter-fits", ok: true, detail: "\(loaded.modules.count) modules"))
+                } catch {
+                    checks.append(VerifyCheck(name: "adapter-fits", ok: false, detail: Integrity.problem(error)))
+                }
+            }
+        }
         var quality: QualityComparison?
-        if let against, data != nil || text != nil {
-            let comparison = try compareQuality(against: against)
+        if data != nil || text != nil {
+            let comparison = try compareQuality()
             quality = comparison
             func add(_ name: String, _ value: Double, _ threshold: Double?, largest: Bool, _ text: String) {
                 let ok = threshold.map { largest ? value <= $0 : value >= $0 } ?? true
@@ -175,7 +224,17 @@ struct VerifyCommand: ParsableCommand {
                 JSONMember(key: "ok", value: .bool(ok)),
                 JSONMember(key: "checks", value: .array(checks.map(\.json))),
             ]
-            if !tensorReports.isEmpty { members.append(JSONMember(key: "tensors", value: .array(tensorReports.map(\.json)))) }
+            let fidelityJSON = fidelity.map { item -> JSONValue in
+                var members = [
+                    JSONMember(key: "name", value: .string(item.name)), JSONMember(key: "update_cosine", value: .double(item.updateCosine)),
+                    JSONMember(key: "update_relative_norm", value: .double(item.relativeNorm)),
+                ]
+                if item.codesChanged.isFinite { members.append(JSONMember(key: "codes_changed", value: .double(item.codesChanged))) }
+                return .object(members)
+            }
+            if !tensorReports.isEmpty || !fidelityJSON.isEmpty {
+                members.append(JSONMember(key: "tensors", value: .array(tensorReports.map(\.json) + fidelityJSON)))
+            }
             if let quality {
                 members.append(
                     JSONMember(
@@ -207,9 +266,11 @@ struct VerifyCommand: ParsableCommand {
 extension VerifyCommand {
     /// Both models run on the same tokens (the source's tokenizer): the artifact's next-token
     /// distributions against the source's.
-    func compareQuality(against: String) throws -> QualityComparison {
+    func compareQuality() throws -> QualityComparison {
         let threads = ParallelismSettings.threadCount
-        let source = try LoadedModel.open(against, adapters: [], allowExternal: inputOptions.allowExternal, threads: threads)
+        // The source: --against, or --base with the adapter applied un-merged.
+        let source = try LoadedModel.open(
+            against ?? base!, adapters: against == nil ? [adapter!] : [], allowExternal: inputOptions.allowExternal, threads: threads)
         let model = try LoadedModel.open(artifact, adapters: [], allowExternal: inputOptions.allowExternal, threads: threads)
         guard source.model.config.vocabSize == model.model.config.vocabSize else {
             throw CommandError(
@@ -260,6 +321,76 @@ extension VerifyCommand {
         progress.finish()
         guard comparison.tokens > 0 else { throw CommandError(path: data ?? text ?? artifact, "no position to compare") }
         return comparison
+    }
+}
+
+/// `verify --base --adapter`: a merged artifact against its base and adapter, tensor by tensor.
+enum MergeCheck {
+    static func fidelity(artifact: Checkpoint, base: String, adapter: LoRAAdapter, weight: Float, options: InputOptions) throws
+        -> (checks: [VerifyCheck], tensors: [MergeFidelity])
+    {
+        let baseCheckpoint = try Checkpoint.open(base, allowExternal: options.allowExternal)
+        let plan: MergePlan
+        do {
+            plan = try MergePlan(adapters: [(adapter, weight)], base: baseCheckpoint.entries.map { ($0.name, $0.dtype, $0.shape) })
+        } catch {
+            return (
+                [VerifyCheck(name: "adapter-fits", ok: false, detail: "the adapter does not fit --base: " + Integrity.problem(error))], []
+            )
+        }
+        let baseEntries = Dictionary(baseCheckpoint.entries.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        var tensors: [MergeFidelity] = []
+        var problems: [String] = []
+        let threads = ParallelismSettings.threadCount
+        for entry in artifact.entries {
+            guard let change = plan.changes[entry.name], !change.terms.isEmpty, change.replacement == nil else { continue }
+            guard let baseEntry = baseEntries[entry.name], baseEntry.shape == entry.shape else {
+                problems.append("'\(entry.name)' is not in --base with its shape")
+                continue
+            }
+            let baseStored = try baseEntry.load()
+            let baseRows: any FloatRowSource
+            switch baseStored {
+            case .plain(let tensor): baseRows = tensor
+            case .quantized(let q): baseRows = QuantizedRows(q)
+            }
+            let merged = try MergedTensor(base: baseRows, merge: change, dtype: .f32, name: entry.name, threads: threads)
+            switch try entry.load() {
+            case .quantized(let output):
+                // The base as the artifact stores it: its own 4-bit form when that has the same
+                // settings, else quantized with them.
+                let baseCodes: QuantizedTensor
+                if case .quantized(let q) = baseStored, q.quantType == output.quantType, q.blocksize == output.blocksize,
+                    q.isDoubleQuantized == output.isDoubleQuantized
+                {
+                    baseCodes = q
+                } else {
+                    let floats: any TensorPayload
+                    switch baseStored {
+                    case .plain(let tensor): floats = tensor
+                    case .quantized(let q): floats = q.dequantizedPayload(to: .f32, threads: threads)
+                    }
+                    baseCodes = try QuantizedTensor.quantize(
+                        floats, type: output.quantType, blocksize: output.blocksize, doubleQuantization: output.isDoubleQuantized,
+                        threads: threads)
+                }
+                tensors.append(
+                    try MergeFidelity.measure(name: entry.name, merged: merged, base: baseRows, baseCodes: baseCodes, output: output))
+            case .plain(let output):
+                tensors.append(
+                    try MergeFidelity.measure(
+                        name: entry.name, merged: merged, base: baseRows, landedBase: baseRows, landedOutput: output, codes: nil))
+            }
+        }
+        var checks = [
+            VerifyCheck(
+                name: "adapter-fits", ok: problems.isEmpty,
+                detail: problems.first ?? "\(tensors.count) tensors the adapter changes", value: Double(problems.count))
+        ]
+        if tensors.isEmpty && problems.isEmpty {
+            checks.append(VerifyCheck(name: "update_cosine", ok: false, detail: "the adapter changes no tensor of ARTIFACT"))
+        }
+        return (checks, tensors)
     }
 }
 

@@ -124,4 +124,62 @@ struct VerifyCommandTests {
         result = try QToolBinary.run(["diff", tiny, tiny])
         #expect(result.status == 0 && result.stdout.contains("have the same values"))
     }
+
+    /// fixtures/lora/lora with its B factors scaled by `factor`: an update far below NF4's step
+    /// for a small factor.
+    static func scaledAdapter(_ factor: Float, into folder: String) throws -> String {
+        let source = Fixtures.path("lora/lora")
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: source + "/adapter_config.json", toPath: folder + "/adapter_config.json")
+        let tensors = try SafeTensorsFile(path: source + "/adapter_model.safetensors").tensors()
+        var items: [SafeTensorsWriter.Item] = []
+        for (name, tensor) in tensors.entries {
+            guard name.contains("lora_B"), tensor.dtype == .f32 else {
+                items.append(SafeTensorsWriter.Item(name: name, payload: tensor))
+                continue
+            }
+            let values = tensor.values(as: Float.self).map { $0 * factor }
+            items.append(SafeTensorsWriter.Item(name: name, payload: Tensor(dtype: .f32, shape: tensor.shape, values: values)))
+        }
+        try SafeTensorsWriter.write(items, metadata: [(key: "format", value: "pt")], toFile: folder + "/adapter_model.safetensors")
+        return folder
+    }
+
+    /// An update far below the 4-bit step: merging it into a 4-bit output erases it, and both
+    /// `merge` (a warning) and `verify --base --adapter --min-update-cosine` say so; merged into a
+    /// bf16 output it survives and passes.
+    @Test func aMergeThatErasesTheUpdateIsFlagged() throws {
+        let folder = Fixtures.temporaryFolder()
+        let adapter = try Self.scaledAdapter(1e-4, into: folder + "/tiny-adapter")
+        let float = Fixtures.temporaryFolder() + "/tiny-f32"
+        #expect(try QToolBinary.run(["convert", tiny, float, "--dtype", "f32", "--quiet"]).status == 0)
+        var result = try QToolBinary.run(["merge", float, "--adapter", adapter, "-o", folder + "/m.nf4"])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stderr.contains("warning:") && result.stderr.contains("erased most of the adapter's update"), "\(result.stderr)")
+        result = try QToolBinary.run([
+            "verify", folder + "/m.nf4", "--base", float, "--adapter", adapter, "--min-update-cosine", "0.9", "--json",
+        ])
+        #expect(result.status == 1, "\(result.stdout)")
+        let check = try #require(Self.check(try Self.report(result), "update_cosine"))
+        #expect(check["ok"]?.boolValue == false && (check["value"]?.doubleValue ?? 1) < 0.5)
+        #expect(check["detail"]?.stringValue?.contains("merge into a float output") == true)
+
+        result = try QToolBinary.run(["merge", float, "--adapter", adapter, "-o", folder + "/m-f32"])
+        #expect(result.status == 0 && !result.stderr.contains("warning"))
+        result = try QToolBinary.run(["verify", folder + "/m-f32", "--base", float, "--adapter", adapter, "--min-update-cosine", "0.9"])
+        #expect(result.status == 0, "\(result.stdout)")
+
+        // The full-size adapter survives a 4-bit merge well enough.
+        result = try QToolBinary.run(["merge", float, "--adapter", Fixtures.path("lora/lora"), "-o", folder + "/big.nf4", "--json"])
+        let fidelity = try #require(try Self.report(result)["fidelity"])
+        #expect((fidelity["median_update_cosine"]?.doubleValue ?? 0) > 0.9)
+    }
+
+    @Test func anAdapterForAnotherModelDoesNotFit() throws {
+        var result = try QToolBinary.run(["verify", tiny, "--adapter", Fixtures.path("lora/lora")])
+        #expect(result.status == 0 && result.stdout.contains("ok   adapter-fits"))
+        result = try QToolBinary.run(["verify", Fixtures.path("models/llama-gqa"), "--adapter", Fixtures.path("lora/lora"), "--json"])
+        #expect(result.status == 1)
+        #expect(Self.check(try Self.report(result), "adapter-fits")?["ok"]?.boolValue == false)
+    }
 }

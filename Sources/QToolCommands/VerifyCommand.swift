@@ -132,10 +132,12 @@ struct VerifyCommand: ParsableCommand {
         let checkpoint = try Checkpoint.open(artifact, allowExternal: inputOptions.allowExternal)
         var checks = Integrity.checks(checkpoint)
         var tensorReports: [TensorError] = []
+        var totals: ErrorSums?
         if let against {
             let source = try Checkpoint.open(against, allowExternal: inputOptions.allowExternal)
             let comparison = try TensorComparisonReport.compare(checkpoint, against: source, sourcePath: against)
             tensorReports = comparison.tensors
+            totals = comparison.total
             checks.append(
                 VerifyCheck(
                     name: "tensors-match", ok: comparison.problems.isEmpty, detail: comparison.problems.first ?? "",
@@ -234,6 +236,18 @@ struct VerifyCommand: ParsableCommand {
             }
             if !tensorReports.isEmpty || !fidelityJSON.isEmpty {
                 members.append(JSONMember(key: "tensors", value: .array(tensorReports.map(\.json) + fidelityJSON)))
+            }
+            if let totals {
+                members.append(
+                    JSONMember(
+                        key: "total",
+                        value: .object([
+                            JSONMember(key: "rmse", value: .double(totals.rmse)),
+                            JSONMember(key: "max_abs_error", value: .double(totals.maxAbsError)),
+                            JSONMember(key: "cosine", value: .double(totals.cosine)),
+                            JSONMember(key: "sqnr_db", value: .double(totals.sqnrDB)),
+                            JSONMember(key: "bits_per_parameter", value: .double(totals.bitsPerParameter)),
+                        ])))
             }
             if let quality {
                 members.append(
@@ -674,10 +688,14 @@ enum TensorComparisonReport {
         var problems: [String] = []
     }
 
+    /// The values as the model uses them: a 4-bit tensor dequantized to its original type (what
+    /// bitsandbytes restores and `qtool dequantize` writes), then widened.
     static func floats(_ stored: StoredTensor, threads: Int) -> [Float] {
         switch stored {
         case .plain(let tensor): return LoRAModule.floats(tensor)
-        case .quantized(let q): return q.dequantized(to: .f32, threads: threads).values(as: Float.self)
+        case .quantized(let q):
+            let dtype = FloatConversion.encodable.contains(q.originalDType) ? q.originalDType : .f32
+            return LoRAModule.floats(q.dequantized(to: dtype, threads: threads))
         }
     }
 

@@ -112,8 +112,9 @@ struct VerifyGoldenTests {
         #expect(Self.close(report["total"]?["rmse"]?.doubleValue, golden["total"]!["rmse"]!.doubleValue, relative: 1e-6))
     }
 
-    /// The fixture adapter (an update far below NF4's step) merged into 4 bits is flagged.
-    @Test func theFixtureAdapterIsErasedByA4BitMerge() throws {
+    /// The fixture adapter (an update far below NF4's step, above bf16's): merged into 4 bits it
+    /// is flagged by `merge` and fails `verify --min-update-cosine 0.9`; merged into bf16 it passes.
+    @Test func theFixtureAdapterIsErasedByA4BitMergeOnly() throws {
         let adapter = Fixtures.path("verify/tiny-adapter")
         let tiny = Fixtures.path("tiny-llama")
         let folder = Fixtures.temporaryFolder()
@@ -121,5 +122,18 @@ struct VerifyGoldenTests {
         #expect(result.status == 0 && result.stderr.contains("erased most of the adapter's update"), "\(result.stderr)")
         result = try QToolBinary.run(["verify", folder + "/m.nf4", "--base", tiny, "--adapter", adapter, "--min-update-cosine", "0.9"])
         #expect(result.status == 1 && result.stdout.contains("FAIL update_cosine"), "\(result.stdout)")
+        result = try QToolBinary.run(["merge", tiny, "--adapter", adapter, "-o", folder + "/bf16"])
+        #expect(result.status == 0 && !result.stderr.contains("warning"), "\(result.stderr)")
+        result = try QToolBinary.run(["verify", folder + "/bf16", "--base", tiny, "--adapter", adapter, "--min-update-cosine", "0.9", "--json"])
+        #expect(result.status == 0, "\(result.stdout)")
+        // What landed in bf16 is what the reference's bf16 merge keeps of the update.
+        let report = try JSONParser.parse(result.stdout)
+        let targets = Self.goldens["adapter"]!["targets"]!.objectMembers!
+        for item in report["tensors"]!.arrayValues! {
+            guard let name = item["name"]?.stringValue, let want = targets.first(where: { $0.key == name })?.value else { continue }
+            #expect(
+                Self.close(item["update_cosine"]?.doubleValue, want["bf16_merge_kept_cosine"]?.doubleValue, relative: 1e-3),
+                "\(name): \(item["update_cosine"]?.doubleValue ?? .nan) vs \(want["bf16_merge_kept_cosine"]?.doubleValue ?? .nan)")
+        }
     }
 }

@@ -124,7 +124,9 @@ struct VerifyGoldenTests {
         #expect(result.status == 1 && result.stdout.contains("FAIL update_cosine"), "\(result.stdout)")
         result = try QToolBinary.run(["merge", tiny, "--adapter", adapter, "-o", folder + "/bf16"])
         #expect(result.status == 0 && !result.stderr.contains("warning"), "\(result.stderr)")
-        result = try QToolBinary.run(["verify", folder + "/bf16", "--base", tiny, "--adapter", adapter, "--min-update-cosine", "0.9", "--json"])
+        result = try QToolBinary.run([
+            "verify", folder + "/bf16", "--base", tiny, "--adapter", adapter, "--min-update-cosine", "0.9", "--json",
+        ])
         #expect(result.status == 0, "\(result.stdout)")
         // What landed in bf16 is what the reference's bf16 merge keeps of the update.
         let report = try JSONParser.parse(result.stdout)
@@ -135,5 +137,26 @@ struct VerifyGoldenTests {
                 Self.close(item["update_cosine"]?.doubleValue, want["bf16_merge_kept_cosine"]?.doubleValue, relative: 1e-3),
                 "\(name): \(item["update_cosine"]?.doubleValue ?? .nan) vs \(want["bf16_merge_kept_cosine"]?.doubleValue ?? .nan)")
         }
+    }
+
+    /// `--base --adapter --data`: the merged model against the base with the adapter un-merged,
+    /// whose perplexity is PEFT's (the model goldens).
+    @Test func aMergedModelIsComparedWithItsBaseAndAdapterUnmerged() throws {
+        let models = Fixtures.path("models")
+        let folder = Fixtures.temporaryFolder()
+        #expect(
+            try QToolBinary.run(["merge", models + "/llama-gqa", "--adapter", models + "/llama-gqa-lora", "-o", folder + "/m", "--quiet"])
+                .status == 0)
+        let result = try QToolBinary.run([
+            "verify", folder + "/m", "--base", models + "/llama-gqa", "--adapter", models + "/llama-gqa-lora", "--data",
+            models + "/eval.jsonl",
+            "--max-seq-len", "64", "--max-kld", "1e-6", "--min-update-cosine", "0.999", "--json",
+        ])
+        #expect(result.status == 0, "\(result.stdout)")
+        let report = try JSONParser.parse(result.stdout)
+        let peft = try JSONParser.parse(String(decoding: Fixtures.bytes(models + "/goldens/goldens.json"), as: UTF8.self))
+        let expected = peft["cases"]!["llama-gqa+lora"]!["eval"]!["perplexity"]!.doubleValue!
+        #expect(Self.close(report["quality"]?["ppl_source"]?.doubleValue, expected, relative: 1e-4))
+        #expect(Self.close(report["quality"]?["ppl"]?.doubleValue, expected, relative: 1e-4))
     }
 }

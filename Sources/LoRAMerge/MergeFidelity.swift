@@ -15,19 +15,21 @@ public struct MergeFidelity: Sendable {
 
     /// `merged`: the merge in float32 (streamed again here); `base`: the base's float rows;
     /// `baseCodes`: the base as the output would store it unmerged; `output`: what was written.
+    /// `baseIsStored`: `base` is `baseCodes` itself (a 4-bit base kept with its settings), read once.
     public static func measure(
-        name: String, merged: MergedTensor, base: any FloatRowSource, baseCodes: QuantizedTensor, output: QuantizedTensor
+        name: String, merged: MergedTensor, base: any FloatRowSource, baseCodes: QuantizedTensor, output: QuantizedTensor,
+        baseIsStored: Bool = false
     ) throws -> MergeFidelity {
         try measure(
             name: name, merged: merged, base: base, landedBase: QuantizedRows(baseCodes), landedOutput: QuantizedRows(output),
-            codes: (baseCodes, output))
+            codes: (baseCodes, output), baseIsLanded: baseIsStored)
     }
 
     /// The general form: `landedBase` and `landedOutput` are the base and the merged tensor as the
     /// output stores them (4-bit ones with their `codes`, or floats of the output's type).
     public static func measure(
         name: String, merged: MergedTensor, base: any FloatRowSource, landedBase: any FloatRowSource, landedOutput: any FloatRowSource,
-        codes: (before: QuantizedTensor, after: QuantizedTensor)?
+        codes: (before: QuantizedTensor, after: QuantizedTensor)?, baseIsLanded: Bool = false
     ) throws -> MergeFidelity {
         let total = merged.shape.elementCount
         let rows = merged.shape.rank == 2 ? merged.shape.dimensions[0] : 1
@@ -35,34 +37,83 @@ public struct MergeFidelity: Sendable {
         var dot = 0.0, intendedSquares = 0.0, landedSquares = 0.0
         var pending: [Float] = []
         var row = 0
-        var baseRows: [Float] = [], q0: [Float] = [], q1: [Float] = []
+        // Tasks of a fixed number of rows, their sums added in order: any thread count gives the
+        // same figures.
+        let taskRows = max(1, (1 << 16) / max(1, columns))
         func process(_ count: Int) {
-            let elements = count * columns
-            let first = row * columns
-            if baseRows.count < elements {
-                baseRows = [Float](repeating: 0, count: elements)
-                q0 = baseRows
-                q1 = baseRows
+            let tasks = (count + taskRows - 1) / taskRows
+            var partial = [Double](repeating: 0, count: tasks * 3)
+            pending.withUnsafeBufferPointer { merged in
+                partial.withUnsafeMutableBufferPointer { sums in
+                    let mergedValues = SendableFloatPointer(UnsafeMutablePointer(mutating: merged.baseAddress!))
+                    let out = SendableDoublePointer(sums.baseAddress!)
+                    let firstRow = row
+                    parallelForChunks(count: tasks, chunk: 1, threads: merged.count > 0 ? threadCount : 1) { range in
+                        for task in range {
+                            let rows = (firstRow + task * taskRows)..<min(firstRow + count, firstRow + (task + 1) * taskRows)
+                            let elements = rows.count * columns
+                            let b = UnsafeMutablePointer<Float>.allocate(capacity: elements * 3)
+                            defer { b.deallocate() }
+                            landedBase.widenRows(rows, columns: columns, into: b + elements)
+                            if baseIsLanded {
+                                b.update(from: b + elements, count: elements)
+                            } else {
+                                base.widenRows(rows, columns: columns, into: b)
+                            }
+                            landedOutput.widenRows(rows, columns: columns, into: b + 2 * elements)
+                            let m = mergedValues.pointer + (rows.lowerBound - firstRow) * columns
+                            // Float in 16 lanes within runs of 64 values, double across them.
+                            var d = 0.0, ii = 0.0, ll = 0.0
+                            let q0 = b + elements, q1 = b + 2 * elements
+                            var i = 0
+                            while i + 64 <= elements {
+                                var sd = SIMD16<Float>(), si = SIMD16<Float>(), sl = SIMD16<Float>()
+                                for j in stride(from: i, to: i + 64, by: 16) {
+                                    let mv = UnsafeRawPointer(m + j).loadUnaligned(as: SIMD16<Float>.self)
+                                    let bv = UnsafeRawPointer(b + j).loadUnaligned(as: SIMD16<Float>.self)
+                                    let v0 = UnsafeRawPointer(q0 + j).loadUnaligned(as: SIMD16<Float>.self)
+                                    let v1 = UnsafeRawPointer(q1 + j).loadUnaligned(as: SIMD16<Float>.self)
+                                    let intended = mv - bv, landed = v1 - v0
+                                    sd += intended * landed
+                                    si += intended * intended
+                                    sl += landed * landed
+                                }
+                                d += Double(sd.sum())
+                                ii += Double(si.sum())
+                                ll += Double(sl.sum())
+                                i += 64
+                            }
+                            while i < elements {
+                                let intended = Double(m[i]) - Double(b[i]), landed = Double(q1[i]) - Double(q0[i])
+                                d += intended * landed
+                                ii += intended * intended
+                                ll += landed * landed
+                                i += 1
+                            }
+                            out.pointer[task * 3] = d
+                            out.pointer[task * 3 + 1] = ii
+                            out.pointer[task * 3 + 2] = ll
+                        }
+                    }
+                }
             }
-            _ = first
-            baseRows.withUnsafeMutableBufferPointer { base.widenRows(row..<(row + count), columns: columns, into: $0.baseAddress!) }
-            q0.withUnsafeMutableBufferPointer { landedBase.widenRows(row..<(row + count), columns: columns, into: $0.baseAddress!) }
-            q1.withUnsafeMutableBufferPointer { landedOutput.widenRows(row..<(row + count), columns: columns, into: $0.baseAddress!) }
-            for i in 0..<elements {
-                let intended = Double(pending[i]) - Double(baseRows[i])
-                let landed = Double(q1[i]) - Double(q0[i])
-                dot += intended * landed
-                intendedSquares += intended * intended
-                landedSquares += landed * landed
+            for task in 0..<tasks {
+                dot += partial[task * 3]
+                intendedSquares += partial[task * 3 + 1]
+                landedSquares += partial[task * 3 + 2]
             }
-            pending.removeFirst(elements)
+            pending.removeFirst(count * columns)
+            // Mapped inputs give their pages back as the merge itself does.
+            base.releaseRows(row..<(row + count), columns: columns)
+            landedBase.releaseRows(row..<(row + count), columns: columns)
+            landedOutput.releaseRows(row..<(row + count), columns: columns)
             row += count
         }
-        let block = max(1, (1 << 18) / max(1, columns))
+        let threadCount = merged.threads
         try merged.stream(chunkBytes: 1 << 22) { bytes in
             let count = bytes.count / 4
             pending.append(contentsOf: UnsafeBufferPointer(start: bytes.baseAddress?.assumingMemoryBound(to: Float.self), count: count))
-            while columns > 0, pending.count >= block * columns { process(block) }
+            if columns > 0, pending.count >= columns { process(pending.count / columns) }
         }
         if columns > 0, pending.count >= columns { process(pending.count / columns) }
 
@@ -76,6 +127,8 @@ public struct MergeFidelity: Sendable {
                     }
                 }
             }
+            // The codes were read whole: a mapped base gives its pages back.
+            landedBase.releaseRows(0..<rows, columns: columns)
         }
         let cosine: Double =
             intendedSquares == 0
@@ -88,6 +141,13 @@ public struct MergeFidelity: Sendable {
     }
 }
 
+struct SendableFloatPointer: @unchecked Sendable {
+    let pointer: UnsafeMutablePointer<Float>; init(_ p: UnsafeMutablePointer<Float>) { pointer = p }
+}
+struct SendableDoublePointer: @unchecked Sendable {
+    let pointer: UnsafeMutablePointer<Double>; init(_ p: UnsafeMutablePointer<Double>) { pointer = p }
+}
+
 extension MergeStage {
     /// A merge into a 4-bit output, with what survived of the update.
     public static func mergeMeasuring(
@@ -97,7 +157,9 @@ extension MergeStage {
         guard case .quantized(let result) = output else { preconditionFailure("a 4-bit merge gives a 4-bit tensor") }
         let restored = QuantizedRows(q)
         let merged = try MergedTensor(base: restored, merge: change, dtype: .f32, name: name, threads: threads)
-        return (output, try MergeFidelity.measure(name: name, merged: merged, base: restored, baseCodes: q, output: result))
+        return (
+            output, try MergeFidelity.measure(name: name, merged: merged, base: restored, baseCodes: q, output: result, baseIsStored: true)
+        )
     }
 
     /// A float base merged into a 4-bit output (NF4, blocks of 64, double quantization), with what

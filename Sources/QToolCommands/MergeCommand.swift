@@ -43,6 +43,9 @@ struct MergeCommand: ParsableCommand {
     @Option(help: "The output's format (default: the base's).")
     var format: MergeOutputFormat?
 
+    @Flag(help: "Do not measure what survives of the update in 4-bit outputs (the measure reads each changed tensor again).")
+    var noFidelity = false
+
     @Flag(help: "List the tensors that would change and the scale applied; write nothing.")
     var dryRun = false
 
@@ -100,7 +103,7 @@ struct MergeCommand: ParsableCommand {
             let output: MergeStage.Output
             switch try entry.load() {
             case .quantized(let q):
-                if format != .safetensors, let change, !change.terms.isEmpty, change.replacement == nil {
+                if !noFidelity, format != .safetensors, let change, !change.terms.isEmpty, change.replacement == nil {
                     let (merged, measured) = try MergeStage.mergeMeasuring(quantized: q, change: change, name: entry.name, path: base)
                     output = merged
                     fidelity.append(measured)
@@ -113,7 +116,7 @@ struct MergeCommand: ParsableCommand {
             case .plain(let tensor):
                 let quantize =
                     format != .safetensors && selection.shouldQuantize(name: entry.name, dtype: tensor.dtype, shape: tensor.shape)
-                if quantize, let change, !change.terms.isEmpty, change.replacement == nil {
+                if !noFidelity, quantize, let change, !change.terms.isEmpty, change.replacement == nil {
                     let (merged, measured) = try MergeStage.mergeMeasuring(
                         plain: tensor, change: change, name: entry.name, castTo: castTo, path: base)
                     output = merged

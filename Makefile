@@ -90,6 +90,10 @@ demo: build
 	@$(QTOOL) merge $(DEMO)/llama-gqa.nf4 --adapter $(DEMO)/adapter -o $(DEMO)/llama-gqa-tuned.nf4
 	@$(QTOOL) eval $(DEMO)/llama-gqa-tuned.nf4 --data fixtures/finetune/eval.jsonl --quiet
 	@echo "   (the merged model is requantized to NF4, so its loss is near, not equal to, the adapter's)"
+	@echo "-- qtool verify $(DEMO)/llama-gqa-tuned.nf4 --base $(DEMO)/llama-gqa.nf4 --adapter $(DEMO)/adapter --data fixtures/finetune/eval.jsonl ..."
+	@$(QTOOL) verify $(DEMO)/llama-gqa-tuned.nf4 --base $(DEMO)/llama-gqa.nf4 --adapter $(DEMO)/adapter \
+	  --data fixtures/finetune/eval.jsonl --max-seq-len 64 --min-update-cosine 0.5 --max-kld 0.1 --junit $(DEMO)/verify.xml
+	@echo "   exit status 0: every check held (1 would fail a CI job); JUnit report in $(DEMO)/verify.xml"
 	@echo
 	@echo "sizes:"
 	@du -b fixtures/tiny-llama/model.safetensors $(DEMO)/tiny-llama.nf4 $(DEMO)/tiny-llama-bnb/model.safetensors \

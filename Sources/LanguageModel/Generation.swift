@@ -94,23 +94,29 @@ extension LanguageModel {
         _ tokens: [Int], context: Int, bos: Int?, batch: Int = 1, progress: (Int) -> Void = { _ in }
     ) -> (sum: Double, scored: Int, chunks: Int) {
         precondition(context >= 2)
-        let chunks = tokens.count / context
-        let first = context / 2
+        let chunks = Self.perplexityChunks(tokens, context: context, bos: bos)
         var sum = 0.0
         var scored = 0
         var chunk = 0
-        while chunk < chunks {
-            let group = (chunk..<min(chunks, chunk + max(1, batch))).map { index -> [Int] in
-                var piece = Array(tokens[(index * context)..<((index + 1) * context)])
-                if let bos { piece[0] = bos }
-                return piece
-            }
-            let result = negativeLogLikelihood(group, scoredFrom: first)
+        while chunk < chunks.count {
+            let group = Array(chunks[chunk..<min(chunks.count, chunk + max(1, batch))])
+            let result = negativeLogLikelihood(group, scoredFrom: context / 2)
             sum += result.sum
             scored += result.tokens
             chunk += group.count
             progress(group.count * context)
         }
-        return (sum, scored, chunks)
+        return (sum, scored, chunks.count)
+    }
+
+    /// llama-perplexity's chunks of a token stream: whole chunks of `context` tokens (the rest
+    /// dropped), each one's first token replaced by `bos` when given; the second half of each is
+    /// scored.
+    public static func perplexityChunks(_ tokens: [Int], context: Int, bos: Int?) -> [[Int]] {
+        (0..<(tokens.count / context)).map { index in
+            var piece = Array(tokens[(index * context)..<((index + 1) * context)])
+            if let bos { piece[0] = bos }
+            return piece
+        }
     }
 }

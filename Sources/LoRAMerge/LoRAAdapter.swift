@@ -100,7 +100,7 @@ public struct LoRAAdapter: Sendable {
         self.layout = layout
         guard config.objectMembers != nil else { throw .invalidConfig(path: path, problem: "not a JSON object") }
         for (name, tensor) in tensors.entries where FloatConversion.decodable.contains(tensor.dtype) {
-            guard Self.allFinite(tensor) else { throw .invalidTensor(path: path, tensor: name, problem: "holds NaN or infinite values") }
+            guard tensor.isAllFinite else { throw .invalidTensor(path: path, tensor: name, problem: "holds NaN or infinite values") }
         }
         switch layout {
         case .peft:
@@ -387,19 +387,5 @@ public struct LoRAAdapter: Sendable {
                 path: path, tensor: key,
                 problem: "is \(tensor.dtype.rawValue); LoRA factors must be floating point (F64, F32, F16, BF16 or F8)")
         }
-    }
-
-    static func allFinite(_ tensor: Tensor) -> Bool {
-        var finite = true
-        try? tensor.stream(chunkBytes: 1 << 20) { piece in
-            let count = piece.count * 8 / tensor.dtype.bitSize
-            guard count > 0, let source = piece.baseAddress else { return }
-            var values = [Float](repeating: 0, count: count)
-            values.withUnsafeMutableBufferPointer { buffer in
-                FloatConversion.decodeToFloat32(source, tensor.dtype, from: 0, count: count, into: buffer.baseAddress!)
-            }
-            if values.contains(where: { !$0.isFinite }) { finite = false }
-        }
-        return finite
     }
 }

@@ -67,16 +67,10 @@ struct EvalCommand: ParsableCommand {
         let loaded = try modelOptions.load(model)
         let tokenizer = try loaded.tokenizer()
         let lm = loaded.model
-        func checked(_ ids: [Int], _ path: String) throws -> [Int] {
-            if let bad = ids.first(where: { $0 >= lm.config.vocabSize }) {
-                throw CommandError(path: path, "token id \(bad) is beyond the model's vocabulary (\(lm.config.vocabSize))")
-            }
-            return ids
-        }
         let started = Date()
         if let data {
-            let limit = maxSeqLen ?? lm.config.maxPositions
-            let sequences = try Self.readJSONLines(data).map { try checked(Array(tokenizer.encode($0).prefix(limit)), data) }
+            let sequences = try Self.sequences(
+                data, tokenizer: tokenizer, limit: maxSeqLen ?? lm.config.maxPositions, vocabulary: lm.config.vocabSize)
             let predicted = sequences.reduce(0) { $0 + max(0, $1.count - 1) }
             guard predicted > 0 else { throw CommandError(path: data, "no line has two tokens or more: nothing to predict") }
             let progress = ProgressBar(label: "eval", total: sequences.reduce(0) { $0 + $1.count }, unit: .tokens, quiet: report.quiet)
@@ -99,12 +93,9 @@ struct EvalCommand: ParsableCommand {
                 extra: [JSONMember(key: "sequences", value: .integer(sequences.count))],
                 summary: "\(sequences.count) sequences", processed: processed, seconds: seconds)
         } else if let text, let ctx {
-            let content = try TextInput.string(text)
-            let tokens = try checked(tokenizer.encode(content), text)
+            let tokens = try Self.textTokens(text, tokenizer: tokenizer, vocabulary: lm.config.vocabSize, ctx: ctx)
             let chunks = tokens.count / ctx
-            guard chunks > 0 else { throw CommandError(path: text, "holds \(tokens.count) tokens, fewer than one chunk of \(ctx)") }
-            // llama.cpp puts BOS first in each chunk when its tokenizer adds one.
-            let bos = tokenizer.bosTokenID.flatMap { id in tokenizer.encode("").first == id ? id : nil }
+            let bos = Self.chunkBOS(tokenizer)
             let progress = ProgressBar(label: "eval", total: chunks * ctx, unit: .tokens, quiet: report.quiet)
             let result = lm.chunkedNegativeLogLikelihood(tokens, context: ctx, bos: bos, batch: batchSize) { progress.advance(by: $0) }
             progress.finish()
@@ -130,6 +121,30 @@ struct EvalCommand: ParsableCommand {
             print(String(format: "loss %.6f, perplexity %.4f over %d predicted tokens (%@)", loss, Foundation.exp(loss), tokens, summary))
             if !report.quiet { Report.note(String(format: "%.0f tokens/s", rate)) }
         }
+    }
+
+    /// The token ids of each `{"text"}` line (with the tokenizer's special tokens), cut to `limit`.
+    static func sequences(_ path: String, tokenizer: Tokenizer, limit: Int, vocabulary: Int) throws -> [[Int]] {
+        try readJSONLines(path).map { try checked(Array(tokenizer.encode($0).prefix(limit)), path, vocabulary: vocabulary) }
+    }
+
+    /// A text file's token ids, at least one chunk of `ctx`.
+    static func textTokens(_ path: String, tokenizer: Tokenizer, vocabulary: Int, ctx: Int) throws -> [Int] {
+        let tokens = try checked(tokenizer.encode(try TextInput.string(path)), path, vocabulary: vocabulary)
+        guard tokens.count >= ctx else { throw CommandError(path: path, "holds \(tokens.count) tokens, fewer than one chunk of \(ctx)") }
+        return tokens
+    }
+
+    /// llama.cpp puts BOS first in each chunk when its tokenizer adds one.
+    static func chunkBOS(_ tokenizer: Tokenizer) -> Int? {
+        tokenizer.bosTokenID.flatMap { id in tokenizer.encode("").first == id ? id : nil }
+    }
+
+    static func checked(_ ids: [Int], _ path: String, vocabulary: Int) throws -> [Int] {
+        if let bad = ids.first(where: { $0 >= vocabulary }) {
+            throw CommandError(path: path, "token id \(bad) is beyond the model's vocabulary (\(vocabulary))")
+        }
+        return ids
     }
 
     /// The `text` of each line of a JSON Lines file (blank lines skipped). A line that is not a

@@ -136,13 +136,14 @@ struct MergeCommand: ParsableCommand {
         let seconds = Date().timeIntervalSince(started)
         let measured = fidelity.sorted
         let medianCosine = FidelityList.median(measured.map(\.updateCosine))
+        let medianCodes = FidelityList.median(measured.map(\.codesChanged)) ?? 0
         if let medianCosine, medianCosine < 0.5 {
             Report.warning(
                 output,
                 String(
                     format:
                         "requantizing to 4 bits erased most of the adapter's update (median cosine %.2f between the update that landed and the intended one; %.1f%% of the 4-bit codes changed): merge into a float output (--dtype bf16) to keep it",
-                    medianCosine, (FidelityList.median(measured.map(\.codesChanged)) ?? 0) * 100))
+                    medianCosine, medianCodes * 100))
         }
         var fidelityMembers: [JSONMember] = []
         if let medianCosine {
@@ -151,18 +152,10 @@ struct MergeCommand: ParsableCommand {
                     key: "fidelity",
                     value: .object([
                         JSONMember(key: "median_update_cosine", value: .double(medianCosine)),
-                        JSONMember(key: "median_codes_changed", value: .double(FidelityList.median(measured.map(\.codesChanged)) ?? 0)),
+                        JSONMember(key: "median_codes_changed", value: .double(medianCodes)),
                         JSONMember(
                             key: "tensors",
-                            value: .array(
-                                measured.map {
-                                    .object([
-                                        JSONMember(key: "name", value: .string($0.name)),
-                                        JSONMember(key: "update_cosine", value: .double($0.updateCosine)),
-                                        JSONMember(key: "relative_norm", value: .double($0.relativeNorm)),
-                                        JSONMember(key: "codes_changed", value: .double($0.codesChanged)),
-                                    ])
-                                })),
+                            value: .array(measured.map(\.json))),
                     ])))
         }
         if report.json {
@@ -186,7 +179,7 @@ struct MergeCommand: ParsableCommand {
                     + (medianCosine.map {
                         String(
                             format: "; the 4-bit update keeps a median cosine of %.3f to the intended one, %.1f%% of codes changed", $0,
-                            (FidelityList.median(measured.map(\.codesChanged)) ?? 0) * 100)
+                            medianCodes * 100)
                     } ?? ""))
         }
     }
@@ -345,6 +338,18 @@ extension MergeOutputFormat {
         if self != .nf4, output.hasSuffix(".nf4") {
             throw ValidationError("OUTPUT '\(output)' ends in .nf4 but --format is \(rawValue); use --format nf4 or another name")
         }
+    }
+}
+
+extension MergeFidelity {
+    /// A tensor's entry in `merge --json`'s fidelity and `verify --json`'s tensors.
+    var json: JSONValue {
+        var members = [
+            JSONMember(key: "name", value: .string(name)), JSONMember(key: "update_cosine", value: .double(updateCosine)),
+            JSONMember(key: "update_relative_norm", value: .double(relativeNorm)),
+        ]
+        if codesChanged.isFinite { members.append(JSONMember(key: "codes_changed", value: .double(codesChanged))) }
+        return .object(members)
     }
 }
 

@@ -145,12 +145,10 @@ struct VerifyCommand: ParsableCommand {
             func worst(_ name: String, _ values: [Double], threshold: Double?, largest: Bool, unit: String) {
                 guard let value = largest ? values.max() : values.min() else { return }
                 let tensor = tensorReports.first { ($0.metric(name) ?? .nan) == value }?.name ?? ""
-                let ok = threshold.map { largest ? value <= $0 : value >= $0 } ?? true
                 let bound = threshold.map { (largest ? " (at most " : " (at least ") + format($0) + unit + ")" } ?? ""
                 checks.append(
                     VerifyCheck(
-                        name: name, ok: ok, detail: "worst tensor '\(tensor)': \(format(value))\(unit)\(bound)", value: value,
-                        threshold: threshold))
+                        name, value, bound: threshold, largest: largest, "worst tensor '\(tensor)': \(format(value))\(unit)\(bound)"))
             }
             worst("rmse", tensorReports.map(\.rmse), threshold: maxRmse, largest: true, unit: "")
             worst("max_abs_error", tensorReports.map(\.maxAbsError), threshold: maxAbsError, largest: true, unit: "")
@@ -174,7 +172,7 @@ struct VerifyCommand: ParsableCommand {
                 checks.append(contentsOf: result.checks)
                 fidelity = result.tensors
                 if let median = FidelityList.median(fidelity.map(\.updateCosine)) {
-                    let ok = minUpdateCosine.map { median >= $0 } ?? true
+                    let ok = minUpdateCosine.map { median >= $0 } ?? true  // the hint below depends on it
                     let quantized = checkpoint.isQuantized
                     var detail = String(
                         format: "median cosine %.4f between the update that landed and the intended one over %d tensors", median,
@@ -185,7 +183,7 @@ struct VerifyCommand: ParsableCommand {
                     if !ok && quantized {
                         detail += "; requantization rounded the update away: merge into a float output (--dtype bf16) instead"
                     }
-                    checks.append(VerifyCheck(name: "update_cosine", ok: ok, detail: detail, value: median, threshold: minUpdateCosine))
+                    checks.append(VerifyCheck("update_cosine", median, bound: minUpdateCosine, largest: false, detail))
                 }
             } else {
                 do {
@@ -201,8 +199,7 @@ struct VerifyCommand: ParsableCommand {
             let comparison = try compareQuality()
             quality = comparison
             func add(_ name: String, _ value: Double, _ threshold: Double?, largest: Bool, _ text: String) {
-                let ok = threshold.map { largest ? value <= $0 : value >= $0 } ?? true
-                checks.append(VerifyCheck(name: name, ok: ok, detail: text, value: value, threshold: threshold))
+                checks.append(VerifyCheck(name, value, bound: threshold, largest: largest, text))
             }
             add(
                 "ppl_ratio", comparison.perplexityRatio, maxPplRatio, largest: true,
@@ -226,14 +223,7 @@ struct VerifyCommand: ParsableCommand {
                 JSONMember(key: "ok", value: .bool(ok)),
                 JSONMember(key: "checks", value: .array(checks.map(\.json))),
             ]
-            let fidelityJSON = fidelity.map { item -> JSONValue in
-                var members = [
-                    JSONMember(key: "name", value: .string(item.name)), JSONMember(key: "update_cosine", value: .double(item.updateCosine)),
-                    JSONMember(key: "update_relative_norm", value: .double(item.relativeNorm)),
-                ]
-                if item.codesChanged.isFinite { members.append(JSONMember(key: "codes_changed", value: .double(item.codesChanged))) }
-                return .object(members)
-            }
+            let fidelityJSON = fidelity.map(\.json)
             if !tensorReports.isEmpty || !fidelityJSON.isEmpty {
                 members.append(JSONMember(key: "tensors", value: .array(tensorReports.map(\.json) + fidelityJSON)))
             }
@@ -292,45 +282,31 @@ extension VerifyCommand {
         }
         let tokenizer = try source.tokenizer()
         let vocab = source.model.config.vocabSize
-        func checked(_ ids: [Int], _ path: String) throws -> [Int] {
-            if let bad = ids.first(where: { $0 >= vocab }) {
-                throw CommandError(path: path, "token id \(bad) is beyond the model's vocabulary (\(vocab))")
-            }
-            return ids
-        }
         var comparison = QualityComparison()
-        let progress: ProgressBar
+        // The batches, and the position each is scored from: lines whole, or llama-perplexity's
+        // chunks with their second half scored.
+        let batches: [[[Int]]]
+        let scoredFrom: Int
         if let data {
-            let limit = maxSeqLen ?? source.model.config.maxPositions
-            let sequences = try EvalCommand.readJSONLines(data).map { try checked(Array(tokenizer.encode($0).prefix(limit)), data) }
-            progress = ProgressBar(label: "verify", total: sequences.reduce(0) { $0 + $1.count }, unit: .tokens, quiet: report.quiet)
-            var start = 0
-            while start < sequences.count {
-                let batch = Array(sequences[start..<min(sequences.count, start + batchSize)])
-                source.model.compare(with: model.model, batch, into: &comparison)
-                progress.advance(by: batch.reduce(0) { $0 + $1.count })
-                start += batch.count
+            let sequences = try EvalCommand.sequences(
+                data, tokenizer: tokenizer, limit: maxSeqLen ?? source.model.config.maxPositions, vocabulary: vocab)
+            batches = stride(from: 0, to: sequences.count, by: batchSize).map {
+                Array(sequences[$0..<min(sequences.count, $0 + batchSize)])
             }
+            scoredFrom = 0
         } else if let text, let ctx {
-            let tokens = try checked(tokenizer.encode(try TextInput.string(text)), text)
-            let chunks = tokens.count / ctx
-            guard chunks > 0 else { throw CommandError(path: text, "holds \(tokens.count) tokens, fewer than one chunk of \(ctx)") }
-            // llama-perplexity's chunks: BOS first when the tokenizer adds one, the second half scored.
-            let bos = tokenizer.bosTokenID.flatMap { id in tokenizer.encode("").first == id ? id : nil }
-            progress = ProgressBar(label: "verify", total: chunks * ctx, unit: .tokens, quiet: report.quiet)
-            var chunk = 0
-            while chunk < chunks {
-                let group = (chunk..<min(chunks, chunk + batchSize)).map { index -> [Int] in
-                    var piece = Array(tokens[(index * ctx)..<((index + 1) * ctx)])
-                    if let bos { piece[0] = bos }
-                    return piece
-                }
-                source.model.compare(with: model.model, group, scoredFrom: ctx / 2, into: &comparison)
-                progress.advance(by: group.count * ctx)
-                chunk += group.count
-            }
+            let tokens = try EvalCommand.textTokens(text, tokenizer: tokenizer, vocabulary: vocab, ctx: ctx)
+            let chunks = LanguageModel.perplexityChunks(tokens, context: ctx, bos: EvalCommand.chunkBOS(tokenizer))
+            batches = stride(from: 0, to: chunks.count, by: batchSize).map { Array(chunks[$0..<min(chunks.count, $0 + batchSize)]) }
+            scoredFrom = ctx / 2
         } else {
             return comparison
+        }
+        let progress = ProgressBar(
+            label: "verify", total: batches.reduce(0) { $0 + $1.reduce(0) { $0 + $1.count } }, unit: .tokens, quiet: report.quiet)
+        for batch in batches {
+            source.model.compare(with: model.model, batch, scoredFrom: scoredFrom, into: &comparison)
+            progress.advance(by: batch.reduce(0) { $0 + $1.count })
         }
         progress.finish()
         guard comparison.tokens > 0 else { throw CommandError(path: data ?? text ?? artifact, "no position to compare") }
@@ -418,6 +394,20 @@ struct VerifyCheck {
     var value: Double?
     var threshold: Double?
 
+    init(name: String, ok: Bool, detail: String = "", value: Double? = nil, threshold: Double? = nil) {
+        self.name = name
+        self.ok = ok
+        self.detail = detail
+        self.value = value
+        self.threshold = threshold
+    }
+
+    /// A measured value against an optional bound: at most `bound` when `largest`, else at least.
+    init(_ name: String, _ value: Double, bound: Double?, largest: Bool, _ detail: String) {
+        let ok = bound.map { largest ? value <= $0 : value >= $0 } ?? true
+        self.init(name: name, ok: ok, detail: detail, value: value, threshold: bound)
+    }
+
     var json: JSONValue {
         var members = [JSONMember(key: "name", value: .string(name)), JSONMember(key: "ok", value: .bool(ok))]
         if let value { members.append(JSONMember(key: "value", value: .double(value))) }
@@ -440,11 +430,6 @@ enum Integrity {
         }
         // The tensors are read on all threads (each one's checksum and values on its own); the
         // findings are kept in the order of the tensors.
-        struct Finding: Sendable {
-            var problem: String?
-            var nonFinite = false
-            var stored: StoredTensor?
-        }
         let entries = checkpoint.entries
         let findings = FindingList(count: entries.count)
         parallelForChunks(count: entries.count, chunk: 1, threads: ParallelismSettings.threadCount) { range in
@@ -457,7 +442,7 @@ enum Integrity {
                     switch stored {
                     case .plain(let tensor):
                         // Every byte is read: a safetensors tensor past a truncated end fails here.
-                        if tensor.dtype.isFloatingPoint, FloatConversion.decodable.contains(tensor.dtype), !Self.allFinite(tensor) {
+                        if !tensor.isAllFinite {
                             finding.nonFinite = true
                         }
                     case .quantized(let q):
@@ -470,14 +455,14 @@ enum Integrity {
                 } catch {
                     finding.problem = "tensor '\(entry.name)': \(Self.problem(error))"
                 }
-                findings.set(index, finding.problem, finding.nonFinite, finding.stored)
+                findings.set(index, finding)
             }
         }
         for (index, entry) in entries.enumerated() {
-            let (problem, bad, stored) = findings.get(index)
-            if let problem { problems.append(problem) }
-            if bad { nonFinite.append(entry.name) }
-            if let stored { tensors[entry.name] = stored }
+            let finding = findings.get(index)
+            if let problem = finding.problem { problems.append(problem) }
+            if finding.nonFinite { nonFinite.append(entry.name) }
+            if let stored = finding.stored { tensors[entry.name] = stored }
         }
         var companions: [String: [UInt8]] = [:]
         for companion in checkpoint.companions {
@@ -512,31 +497,17 @@ enum Integrity {
         return String(describing: error)
     }
 
-    static func allFinite(_ tensor: Tensor) -> Bool {
-        var finite = true
-        try? tensor.stream(chunkBytes: 1 << 22) { bytes in
-            guard finite else { return }
-            let count = bytes.count * 8 / tensor.dtype.bitSize
-            var values = [Float](repeating: 0, count: count)
-            values.withUnsafeMutableBufferPointer {
-                FloatConversion.decodeToFloat32(bytes.baseAddress!, tensor.dtype, from: 0, count: count, into: $0.baseAddress!)
-            }
-            if !values.allSatisfy(\.isFinite) { finite = false }
-        }
-        return finite
-    }
-
     /// The model's config against its tensors: for the architectures the model stage runs, every
     /// tensor it binds (names and shapes); for others, what every transformers config says
     /// (vocabulary and hidden size against the embedding, the number of layers).
     static func configCheck(_ bytes: [UInt8], tensors: [String: StoredTensor], path: String) -> VerifyCheck {
+        let modelType = (try? JSONParser.parse(String(decoding: bytes, as: UTF8.self)))?["model_type"]?.stringValue
+        guard let modelType, ModelConfig.supportedTypes.contains(modelType) else { return genericConfigCheck(bytes, tensors: tensors) }
         do {
             let config = try ModelConfig(json: bytes, path: path)
             _ = try LanguageModel(config: config, tensors: tensors, path: path, threads: 1)
             return VerifyCheck(
                 name: "config", ok: true, detail: "\(config.layers) layers, hidden \(config.hiddenSize), vocabulary \(config.vocabSize)")
-        } catch let error as ModelError where error.problem.contains("architecture") || error.problem.contains("model_type") {
-            return genericConfigCheck(bytes, tensors: tensors)
         } catch {
             return VerifyCheck(name: "config", ok: false, detail: problem(error))
         }
@@ -588,17 +559,24 @@ enum Integrity {
     }
 }
 
+/// What the integrity check found of one tensor.
+struct Finding: Sendable {
+    var problem: String?
+    var nonFinite = false
+    var stored: StoredTensor?
+}
+
 /// Results written by the threads of the integrity check, one slot per tensor.
 final class FindingList: @unchecked Sendable {
     private let lock = NSLock()
-    private var slots: [(String?, Bool, StoredTensor?)]
-    init(count: Int) { slots = Array(repeating: (nil, false, nil), count: count) }
-    func set(_ index: Int, _ problem: String?, _ nonFinite: Bool, _ stored: StoredTensor?) {
+    private var slots: [Finding]
+    init(count: Int) { slots = Array(repeating: Finding(), count: count) }
+    func set(_ index: Int, _ finding: Finding) {
         lock.lock()
-        slots[index] = (problem, nonFinite, stored)
+        slots[index] = finding
         lock.unlock()
     }
-    func get(_ index: Int) -> (String?, Bool, StoredTensor?) {
+    func get(_ index: Int) -> Finding {
         lock.lock()
         defer { lock.unlock() }
         return slots[index]

@@ -245,6 +245,25 @@ public protocol FloatRowSource: Sendable {
     func releaseRows(_ rows: Range<Int>, columns: Int)
 }
 
+extension Tensor {
+    /// Whether every value of a float tensor (any type FloatConversion decodes) is finite, read a
+    /// megabyte at a time; other types have no non-finite values.
+    public var isAllFinite: Bool {
+        guard FloatConversion.decodable.contains(dtype) else { return true }
+        var finite = true
+        try? stream(chunkBytes: 1 << 20) { piece in
+            let count = piece.count * 8 / dtype.bitSize
+            guard finite, count > 0, let source = piece.baseAddress else { return }
+            var values = [Float](repeating: 0, count: count)
+            values.withUnsafeMutableBufferPointer { buffer in
+                FloatConversion.decodeToFloat32(source, dtype, from: 0, count: count, into: buffer.baseAddress!)
+            }
+            if values.contains(where: { !$0.isFinite }) { finite = false }
+        }
+        return finite
+    }
+}
+
 extension Tensor: FloatRowSource {
     public func widenRows(_ rows: Range<Int>, columns: Int, into values: UnsafeMutablePointer<Float>) {
         let width = dtype.bitSize / 8

@@ -25,6 +25,16 @@ struct VerifyCommand: ParsableCommand {
             cosine, SQNR in dB, bits per parameter; --max-rmse, --min-cosine, --min-sqnr-db and
             --max-abs-error fail the check when the worst tensor is past them.
 
+            --data FILE.jsonl (cut to --max-seq-len) or --text FILE --ctx N, with --against: both
+            models on the same tokens, as llama-perplexity --kl-divergence reports it: perplexities
+            and their ratio, KL divergence (mean, median, p99, max), same top token, RMS Δp;
+            --max-ppl-ratio, --max-kld, --min-same-top.
+
+            --adapter DIR: the adapter fits ARTIFACT. With --base BASE: ARTIFACT as the merge of the
+            adapter into BASE — the update that landed against the intended one per tensor
+            (--min-update-cosine on the median), and with --data the model against BASE + adapter
+            un-merged.
+
             Exit status: 0 every check holds, 1 a check failed, 2 bad input (a missing, unreadable
             or malformed file). --json prints the report; --junit FILE writes JUnit XML, a test
             case per check.
@@ -32,6 +42,8 @@ struct VerifyCommand: ParsableCommand {
             Examples:
               qtool verify model.nf4
               qtool verify model.nf4 --against model/ --min-cosine 0.99 --min-sqnr-db 18 --junit verify.xml
+              qtool verify model.nf4 --against model/ --data eval.jsonl --max-kld 0.05
+              qtool verify merged.nf4 --base model.nf4 --adapter out/lora --min-update-cosine 0.9
             """)
 
     @Argument(help: "A .nf4 file, a safetensors file or model folder, or a bitsandbytes folder.")

@@ -83,6 +83,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
                 dequantize(t)
             }
             _ = try? file.verifyAll()
+            _ = file.firstStrayByte()
         }
     }
 

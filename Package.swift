@@ -45,18 +45,20 @@ let package = Package(
         .target(name: "Quantization", dependencies: ["TensorCore", "CQuantKernel"], swiftSettings: kernelSettings),
         .target(name: "NF4Format", dependencies: ["TensorCore", "CZstd"]),
         .target(name: "HDF5Format", dependencies: ["TensorCore", "CHDF5"]),
+        .target(name: "GGUFFormat", dependencies: ["TensorCore"], swiftSettings: kernelSettings),
         .target(name: "LoRAMerge", dependencies: ["TensorCore", "Quantization"], swiftSettings: kernelSettings),
         .target(name: "Tokenizer", dependencies: ["TensorCore"], swiftSettings: kernelSettings),
         .target(
             name: "LanguageModel", dependencies: ["TensorCore", "Quantization", "LoRAMerge", "CModelKernels"], swiftSettings: kernelSettings
         ),
+        .target(name: "GGUFConversion", dependencies: ["GGUFFormat", "Tokenizer", "LanguageModel", "TensorCore"]),
         .target(
             name: "FineTune", dependencies: ["TensorCore", "SafetensorsFormat", "LanguageModel"], swiftSettings: kernelSettings),
         .target(
             name: "QToolCommands",
             dependencies: [
                 "TensorCore", "SafetensorsFormat", "Quantization", "NF4Format", "LoRAMerge", "HDF5Format", "LanguageModel", "Tokenizer",
-                "FineTune",
+                "FineTune", "GGUFFormat", "GGUFConversion",
                 "CProcess",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),

@@ -1,4 +1,5 @@
 import Foundation
+import GGUFFormat
 import HDF5Format
 import NF4Format
 import Quantization
@@ -25,6 +26,8 @@ enum CheckpointFormat: Equatable, CustomStringConvertible {
     case bitsandbytes
     case nf4
     case hdf5(HDF5Kind)
+    /// llama.cpp's GGUF (tensors as the file names and lays them out).
+    case gguf
 
     /// The name reports print.
     var description: String {
@@ -33,6 +36,7 @@ enum CheckpointFormat: Equatable, CustomStringConvertible {
         case .bitsandbytes: "bitsandbytes 4-bit (safetensors)"
         case .nf4: "nf4"
         case .hdf5(let kind): "hdf5 (\(kind.rawValue))"
+        case .gguf: "gguf"
         }
     }
 }
@@ -50,6 +54,8 @@ struct Checkpoint {
     let shardGroups: [(file: String, tensors: [String])]?
     /// The container, when the input is a .nf4 file (what `verify` checks beyond the tensors).
     var nf4File: NF4File? = nil
+    /// The file, when the input is GGUF.
+    var ggufFile: GGUFFile? = nil
 
     var isQuantized: Bool { entries.contains { $0.quantization != nil } }
 
@@ -60,6 +66,7 @@ struct Checkpoint {
         if !FilePaths.isDirectory(path) {
             switch try FileSignature.identify(path) {
             case .nf4: return try openNF4(path)
+            case .gguf: return try openGGUF(path)
             case .hdf5: return try openHDF5(path, allowExternal: allowExternal)
             case .damagedNF4: throw NF4Error.damagedStart(path: path)
             case .safetensors: break
@@ -68,8 +75,9 @@ struct Checkpoint {
                     throw CommandError(path: path, "not an HDF5 file (no HDF5 signature)")
                 }
                 if path.hasSuffix(".nf4") { throw NF4Error.notNF4(path: path) }
+                if path.hasSuffix(".gguf") { throw GGUFError.notGGUF(path: path) }
                 if !path.hasSuffix(".safetensors") {
-                    throw CommandError(path: path, "not a recognised checkpoint format (not safetensors, .nf4 or HDF5)")
+                    throw CommandError(path: path, "not a recognised checkpoint format (not safetensors, .nf4, GGUF or HDF5)")
                 }
             }
         }
@@ -121,6 +129,19 @@ struct Checkpoint {
         return Checkpoint(
             format: .hdf5(reader.kind), path: path, entries: entries,
             metadata: [(HDF5Layout.metadataKey, reader.layout.json.serialized(.compact))], companions: [], shardGroups: nil)
+    }
+
+    /// A GGUF file: its tensors under their GGUF names, in torch order, as stored (block types
+    /// dequantized to float32 when loaded, as gguf-py's `dequantize`).
+    private static func openGGUF(_ path: String) throws -> Checkpoint {
+        let file = try GGUFFile(path: path)
+        let entries = file.tensors.map { info in
+            CheckpointEntry(
+                name: info.name, dtype: info.type.plainDType ?? .f32, shape: info.shape,
+                quantization: info.type.isQuantized ? info.type.description : nil, storedBytes: info.byteCount
+            ) { .plain(try file.tensor(info)) }
+        }
+        return Checkpoint(format: .gguf, path: path, entries: entries, metadata: nil, companions: [], shardGroups: nil, ggufFile: file)
     }
 
     static func describe(_ q: QuantizedTensor) -> String {
@@ -180,7 +201,7 @@ struct Checkpoint {
 
 /// What a file's bytes say it is.
 enum FileSignature {
-    case nf4, damagedNF4, hdf5, safetensors, unknown
+    case nf4, damagedNF4, hdf5, safetensors, gguf, unknown
 
     static let hdf5Signature: [UInt8] = [0x89, 0x48, 0x44, 0x46, 0x0D, 0x0A, 0x1A, 0x0A]
 
@@ -191,6 +212,7 @@ enum FileSignature {
                 offset >= 0 && offset + expected.count <= bytes.count && bytes[offset..<(offset + expected.count)].elementsEqual(expected)
             }
             if at(0, NF4Container.magic) { return .nf4 }
+            if at(0, GGUFFile.magic) { return .gguf }
             // libhdf5 looks for its signature at 0 and after a user block of 512, 1024, 2048, … bytes.
             var offset = 0
             while offset + 8 <= bytes.count {

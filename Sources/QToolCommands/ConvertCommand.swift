@@ -38,6 +38,9 @@ struct ConvertCommand: ParsableCommand {
 
     @Option(help: "torch: transpose Keras Dense kernels to [out, in]; keras: back to [in, out].")
     var layout: KernelLayout?
+
+    @Option(help: "The base model of an adapter converted to a GGUF LoRA adapter (ADAPTER_DIR adapter.gguf --base BASE).")
+    var base: String?
     @OptionGroup var report: ReportOptions
 
     func validate() throws {
@@ -50,7 +53,12 @@ struct ConvertCommand: ParsableCommand {
 
     func run() throws {
         let started = Date()
+        if output.hasSuffix(".gguf") && FilePaths.isDirectory(input) && FilePaths.exists(input + "/" + AdapterFolder.configName) {
+            return try convertAdapterToGGUF(started: started)
+        }
         let checkpoint = try Checkpoint.open(input, allowExternal: inputOptions.allowExternal)
+        if output.hasSuffix(".gguf") { return try convertToGGUF(checkpoint, started: started) }
+        if checkpoint.format == .gguf { return try convertFromGGUF(checkpoint, started: started) }
         let target = floats.targetDType
         let totalBytes = checkpoint.entries.reduce(0) { $0 + $1.storedBytes }
         let progress = ProgressBar(label: "convert", total: totalBytes, quiet: report.quiet)

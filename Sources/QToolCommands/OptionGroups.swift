@@ -1,23 +1,37 @@
 import ArgumentParser
+import GGUFFormat
 import SafetensorsFormat
 import TensorCore
 
-/// The float types a command writes (`--dtype`).
+/// The float types a command writes (`--dtype`), and the GGUF block types (for .gguf outputs).
 enum FloatOutputType: String, CaseIterable, ExpressibleByArgument {
-    case f32, f16, bf16
+    case f32, f16, bf16, q8_0, q4_0
 
-    var dtype: DType {
+    /// The float type; nil for the GGUF block types.
+    var dtype: DType? {
         switch self {
         case .f32: .f32
         case .f16: .f16
         case .bf16: .bf16
+        case .q8_0, .q4_0: nil
+        }
+    }
+
+    var ggmlType: GGMLType {
+        switch self {
+        case .f32: .f32
+        case .f16: .f16
+        case .bf16: .bf16
+        case .q8_0: .q8_0
+        case .q4_0: .q4_0
         }
     }
 
     /// Also takes torch's names (float32, bfloat16, …); the message names the valid values.
     static func parse(_ text: String) throws -> FloatOutputType {
+        if let block = FloatOutputType(rawValue: text.lowercased()), block.dtype == nil { return block }
         guard let dtype = DType(userName: text), let value = allCases.first(where: { $0.dtype == dtype }) else {
-            throw ValidationError("--dtype must be f32, f16 or bf16, not '\(text)'")
+            throw ValidationError("--dtype must be f32, f16 or bf16 (or q8_0, q4_0 for a .gguf output), not '\(text)'")
         }
         return value
     }
@@ -49,14 +63,16 @@ extension QuantType: ExpressibleByArgument {}
 /// `--dtype` and `--max-shard-size`, shared by the commands that write float checkpoints.
 struct FloatOutputOptions: ParsableArguments {
     @Option(
-        help: ArgumentHelp("Cast floating-point tensors to this type (integer tensors are kept).", valueName: "f32|f16|bf16"),
+        help: ArgumentHelp(
+            "Cast floating-point tensors to this type (integer tensors are kept); q8_0 and q4_0 for a .gguf OUTPUT.",
+            valueName: "f32|f16|bf16|q8_0|q4_0"),
         transform: FloatOutputType.parse)
     var dtype: FloatOutputType?
 
     @Option(help: "Largest shard of a folder output, e.g. 5GB, 500MB, 2GiB or bytes.")
     var maxShardSize: String?
 
-    var targetDType: DType? { dtype?.dtype }
+    var targetDType: DType? { dtype?.dtype ?? nil }
     var shardLimit: Int? { maxShardSize.flatMap(ShardedWriter.parseSize) }
 
     func validate() throws {
@@ -65,10 +81,13 @@ struct FloatOutputOptions: ParsableArguments {
         }
     }
 
-    /// Checks that a shard limit goes with a folder output.
+    /// Checks that a shard limit goes with a folder output, and a block type with a .gguf one.
     func validate(output: String) throws {
-        if maxShardSize != nil, output.hasSuffix(".safetensors") || output.hasSuffix(".nf4") {
+        if maxShardSize != nil, output.hasSuffix(".safetensors") || output.hasSuffix(".nf4") || output.hasSuffix(".gguf") {
             throw ValidationError("--max-shard-size needs a folder OUTPUT, not a single file")
+        }
+        if let dtype, dtype.dtype == nil, !output.hasSuffix(".gguf") {
+            throw ValidationError("--dtype \(dtype.rawValue) is a GGUF block type: OUTPUT must end in .gguf")
         }
     }
 }

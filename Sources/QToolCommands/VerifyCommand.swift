@@ -362,12 +362,10 @@ enum MergeCheck {
                 // The base as the artifact stores it: its own 4-bit form when that has the same
                 // settings, else quantized with them.
                 let baseCodes: QuantizedTensor
-                var stored = false
                 if case .quantized(let q) = baseStored, q.quantType == output.quantType, q.blocksize == output.blocksize,
                     q.isDoubleQuantized == output.isDoubleQuantized
                 {
                     baseCodes = q
-                    stored = true
                 } else {
                     let floats: any TensorPayload
                     switch baseStored {

@@ -19,6 +19,8 @@ final class BPEModel: Sendable {
     let writtenVocabulary: ByteTable
     let entries: [Int32]
     let merges: PairTable
+    /// The merges in rank order, as ids of their two tokens (for writing them out again).
+    let mergeList: [(left: Int32, right: Int32)]
     let byteLevel: Bool
     /// The id of each byte as a unit (byte-level only), -1 when the vocabulary lacks it.
     let byteUnitIDs: [Int32]
@@ -88,6 +90,8 @@ final class BPEModel: Sendable {
         let mergesJSON = try json.required("merges")
         let mergeElements = try mergesJSON.elements()
         var merges = PairTable(capacity: mergeElements.count)
+        var mergeList: [(left: Int32, right: Int32)] = []
+        mergeList.reserveCapacity(mergeElements.count)
         var rank: UInt32 = 0
         for element in mergeElements {
             let parts: [String]
@@ -109,10 +113,13 @@ final class BPEModel: Sendable {
                 }
                 return id
             }
-            merges.set(try id(left), try id(right), rank: rank, id: try id(left + right))
+            let pair = (left: try id(left), right: try id(right))
+            merges.set(pair.left, pair.right, rank: rank, id: try id(left + right))
+            mergeList.append(pair)
             rank += 1
         }
         self.merges = merges
+        self.mergeList = mergeList
 
         // Byte-level: the model looks words up by the bytes their characters stand for.
         self.byteLevel = byteLevel

@@ -14,7 +14,23 @@ public enum GGUFValueType: UInt32, Sendable, CaseIterable, CustomStringConvertib
     case int64 = 11
     case float64 = 12
 
-    public var description: String { String(describing: self) }
+    public var description: String {
+        switch self {
+        case .uint8: "uint8"
+        case .int8: "int8"
+        case .uint16: "uint16"
+        case .int16: "int16"
+        case .uint32: "uint32"
+        case .int32: "int32"
+        case .float32: "float32"
+        case .bool: "bool"
+        case .string: "string"
+        case .array: "array"
+        case .uint64: "uint64"
+        case .int64: "int64"
+        case .float64: "float64"
+        }
+    }
 
     /// Bytes of one value of a fixed-size type; nil for strings and arrays.
     var fixedSize: Int? {

@@ -153,7 +153,12 @@ public enum GGUFModelMetadata {
         add("num_attention_heads", .number("\(heads)"))
         add("num_hidden_layers", .number("\(try integer("block_count"))"))
         add("num_key_value_heads", .number("\(try integer("attention.head_count_kv", heads))"))
-        add("rms_norm_eps", number(Double(Float(try number("attention.layer_norm_rms_epsilon", 1e-5)))))
+        // float32 values as their shortest decimal (1e-05, not 9.999999747378752e-06).
+        func float(_ value: Double) -> JSONValue {
+            let text = Float(value).description
+            return .number(text.contains(".") || text.contains("e") ? text : text + ".0")
+        }
+        add("rms_norm_eps", float(try number("attention.layer_norm_rms_epsilon", 1e-5)))
         var rope: [JSONMember] = []
         let scaling = metadata["\(architecture).rope.scaling.type"]?.string
         if let scaling, scaling != "none" {
@@ -162,9 +167,9 @@ public enum GGUFModelMetadata {
                     path: path, key: "\(architecture).rope.scaling.type", detail: "rope scaling \"\(scaling)\" is not supported (linear is)"
                 )
             }
-            rope.append(JSONMember(key: "factor", value: number(factor)))
+            rope.append(JSONMember(key: "factor", value: float(factor)))
         }
-        rope.append(JSONMember(key: "rope_theta", value: number(Double(Float(try number("rope.freq_base", 10000))))))
+        rope.append(JSONMember(key: "rope_theta", value: float(try number("rope.freq_base", 10000))))
         rope.append(JSONMember(key: "rope_type", value: .string(scaling == "linear" ? "linear" : "default")))
         add("rope_parameters", .object(rope))
         add("tie_word_embeddings", .bool(tied))

@@ -1,4 +1,5 @@
 import ArgumentParser
+import GGUFFormat
 import TensorCore
 
 struct InspectCommand: ParsableCommand {
@@ -7,7 +8,8 @@ struct InspectCommand: ParsableCommand {
         abstract: "List the tensors of a checkpoint: name, dtype, shape, parameters, bytes.",
         discussion: """
             PATH is a file or a model folder (model.safetensors, or shards with
-            model.safetensors.index.json).
+            model.safetensors.index.json). A GGUF file's metadata is listed too (arrays
+            summarised in the table, in full in --json up to 64 elements).
 
             Example:
               qtool inspect fixtures/tiny-llama
@@ -48,6 +50,7 @@ struct InspectReport {
     let rows: [Row]
     let metadata: [(key: String, value: String)]?
     let files: [String]
+    let gguf: GGUFFile?
 
     init(_ checkpoint: Checkpoint) {
         format = checkpoint.format.description
@@ -59,6 +62,37 @@ struct InspectReport {
         }
         metadata = checkpoint.metadata
         files = checkpoint.shardGroups?.map(\.file) ?? []
+        gguf = checkpoint.ggufFile
+    }
+
+    /// A GGUF value in JSON: arrays of up to 64 elements whole, longer ones by type and count.
+    static func ggufJSON(_ value: GGUFValue) -> JSONValue {
+        switch value {
+        case .string(let s): .string(s)
+        case .bool(let b): .bool(b)
+        case .float32(let f): f.isFinite ? .double(Double(f)) : .string("\(f)")
+        case .float64(let f): f.isFinite ? .double(f) : .string("\(f)")
+        case .array(let type, let elements):
+            elements.count <= 64
+                ? .array(elements.map(ggufJSON))
+                : .object([
+                    JSONMember(key: "element_type", value: .string(type.description)),
+                    JSONMember(key: "count", value: .integer(elements.count)),
+                ])
+        default: value.integer.map(JSONValue.integer) ?? .string(value.description)
+        }
+    }
+
+    /// A GGUF value in the table: strings cut at 60 characters, arrays as type and count.
+    static func ggufText(_ value: GGUFValue) -> String {
+        switch value {
+        case .string(let s): s.count > 60 ? "\"\(s.prefix(60))…\" (\(s.count) characters)" : "\"\(s)\""
+        case .array(let type, let elements):
+            "[\(type) × \(elements.count)]"
+                + (elements.isEmpty
+                    ? "" : ": " + elements.prefix(4).map(ggufText).joined(separator: ", ") + (elements.count > 4 ? ", …" : ""))
+        default: value.description
+        }
     }
 
     var totalParameters: Int { rows.reduce(0) { $0 + $1.parameters } }
@@ -76,6 +110,25 @@ struct InspectReport {
         if !files.isEmpty { members.append(JSONMember(key: "files", value: .array(files.map(JSONValue.string)))) }
         if let metadata {
             members.append(JSONMember(key: "metadata", value: .object(metadata.map { JSONMember(key: $0.key, value: .string($0.value)) })))
+        }
+        if let gguf {
+            members.append(JSONMember(key: "gguf_version", value: .integer(Int(gguf.version))))
+            members.append(JSONMember(key: "alignment", value: .integer(gguf.alignment)))
+            members.append(
+                JSONMember(
+                    key: "metadata",
+                    value: .array(
+                        gguf.metadata.entries.map { entry in
+                            var item = [
+                                JSONMember(key: "key", value: .string(entry.key)),
+                                JSONMember(key: "type", value: .string(entry.value.type.description)),
+                            ]
+                            if case .array(let type, _) = entry.value {
+                                item.append(JSONMember(key: "element_type", value: .string(type.description)))
+                            }
+                            item.append(JSONMember(key: "value", value: Self.ggufJSON(entry.value)))
+                            return .object(item)
+                        })))
         }
         members.append(
             JSONMember(
@@ -117,6 +170,12 @@ struct InspectReport {
                         "\(text(item.key, false))="
                             + text(item.value.count > 80 ? "\(item.value.prefix(60))… (\(item.value.count) characters)" : item.value, false)
                     }.joined(separator: ", "))
+        }
+        if let gguf {
+            lines.append("GGUF version \(gguf.version), alignment \(gguf.alignment), \(gguf.metadata.count) metadata keys:")
+            for entry in gguf.metadata.entries {
+                lines.append("  \(text(entry.key, false)) (\(entry.value.type)) = \(text(Self.ggufText(entry.value), false))")
+            }
         }
         var header = ["name", "dtype", "shape", "parameters", "bytes"]
         var cells = rows.map { [text($0.name, false), $0.dtype.rawValue, $0.shape.description, grouped($0.parameters), grouped($0.bytes)] }

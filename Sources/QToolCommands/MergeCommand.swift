@@ -59,7 +59,7 @@ struct MergeCommand: ParsableCommand {
         for spec in adapters { _ = try AdapterFolder.parseSpec(spec) }
         guard dryRun || output != nil else { throw ValidationError("--output is required (or use --dry-run)") }
         if let format {
-            if format != .safetensors && floats.dtype != nil {
+            if format != .safetensors && format != .gguf && floats.dtype != nil {
                 throw ValidationError("--dtype applies to float output, not --format \(format.rawValue)")
             }
             if let output { try format.checkOutputName(output) }
@@ -84,7 +84,7 @@ struct MergeCommand: ParsableCommand {
         switch format {
         case .nf4: target = .nf4(output)
         case .bnb: target = output.hasSuffix(".safetensors") ? .safetensorsFile(output) : .folder(output)
-        case .safetensors: target = OutputTarget(output)
+        case .safetensors, .gguf: target = OutputTarget(output)
         }
         let castTo = floats.targetDType
         let total = checkpoint.entries.reduce(0) { $0 + $1.storedBytes }
@@ -93,29 +93,31 @@ struct MergeCommand: ParsableCommand {
         writer.maxShardSize = floats.shardLimit
         writer.shardGroups = checkpoint.shardGroups
         writer.castDType = format == .safetensors ? castTo : nil
+        if format == .gguf { writer.castDType = nil }
         let selection = TensorSelection()
         let fidelity = FidelityList()
         var changed = 0
-        let written = try writer.write(names: checkpoint.entries.map(\.name)) { index in
+        // Float outputs: safetensors, and GGUF (which encodes the merged floats itself).
+        let floatOutput = format == .safetensors || format == .gguf
+        let produce: (Int) throws -> OutputItem = { index in
             let entry = checkpoint.entries[index]
             let change = plan.changes[entry.name]
             if change != nil { changed += 1 }
             let output: MergeStage.Output
             switch try entry.load() {
             case .quantized(let q):
-                if !noFidelity, format != .safetensors, let change, !change.terms.isEmpty, change.replacement == nil {
+                if !noFidelity, !floatOutput, let change, !change.terms.isEmpty, change.replacement == nil {
                     let (merged, measured) = try MergeStage.mergeMeasuring(quantized: q, change: change, name: entry.name, path: base)
                     output = merged
                     fidelity.append(measured)
                 } else {
                     output = try MergeStage.merge(
                         quantized: q, change: change, name: entry.name,
-                        floatType: format == .safetensors ? castTo ?? Self.floatType(q.originalDType) : nil, path: base)
+                        floatType: floatOutput ? castTo ?? Self.floatType(q.originalDType) : nil, path: base)
                 }
                 if case .quantized = output { progress.advance(by: q.storedBytes) }
             case .plain(let tensor):
-                let quantize =
-                    format != .safetensors && selection.shouldQuantize(name: entry.name, dtype: tensor.dtype, shape: tensor.shape)
+                let quantize = !floatOutput && selection.shouldQuantize(name: entry.name, dtype: tensor.dtype, shape: tensor.shape)
                 if !noFidelity, quantize, let change, !change.terms.isEmpty, change.replacement == nil {
                     let (merged, measured) = try MergeStage.mergeMeasuring(
                         plain: tensor, change: change, name: entry.name, castTo: castTo, path: base)
@@ -131,6 +133,23 @@ struct MergeCommand: ParsableCommand {
             case .plain(let payload): return .plain(payload)
             case .quantized(let q): return .quantized(q)
             }
+        }
+        let written: [String]
+        if format == .gguf {
+            let config = try checkpoint.companions.first { $0.name == "config.json" }?.read()
+            let gguf = GGUFModelOutput(
+                path: output, type: floats.dtype?.ggmlType, name: ConvertCommand.modelName(base, config: config),
+                companions: checkpoint.companions, shapes: checkpoint.entries.map(\.shape), sourceIsQuantized: checkpoint.isQuantized,
+                firstMatrixDType: checkpoint.entries.first { $0.shape.rank >= 2 && $0.quantization == nil }?.dtype,
+                shardGroups: checkpoint.shardGroups, progress: progress)
+            if floats.dtype == nil && checkpoint.isQuantized && !report.quiet && !report.json {
+                Report.note("note: NF4/FP4 has no GGUF equivalent; the merged weights are written as Q8_0 (--dtype picks another type)")
+            }
+            let (files, notes) = try gguf.write(names: checkpoint.entries.map(\.name), produce: produce)
+            if !report.json && !report.quiet { for note in notes { Report.note("note: \(note)") } }
+            written = files
+        } else {
+            written = try writer.write(names: checkpoint.entries.map(\.name), produce: produce)
         }
         progress.finish()
         let seconds = Date().timeIntervalSince(started)
@@ -186,6 +205,7 @@ struct MergeCommand: ParsableCommand {
 
     /// The base's own format, unless --dtype asks for floats or OUTPUT's name says .nf4.
     private func defaultFormat(_ checkpoint: Checkpoint, output: String) -> MergeOutputFormat {
+        if output.hasSuffix(".gguf") { return .gguf }
         if output.hasSuffix(".nf4") && floats.dtype == nil { return .nf4 }
         guard checkpoint.isQuantized, floats.dtype == nil else { return .safetensors }
         return checkpoint.format == .nf4 ? .nf4 : .bnb
@@ -337,6 +357,9 @@ extension MergeOutputFormat {
         }
         if self != .nf4, output.hasSuffix(".nf4") {
             throw ValidationError("OUTPUT '\(output)' ends in .nf4 but --format is \(rawValue); use --format nf4 or another name")
+        }
+        if (self == .gguf) != output.hasSuffix(".gguf") {
+            throw ValidationError("--format gguf goes with an OUTPUT ending in .gguf ('\(output)' with --format \(rawValue))")
         }
     }
 }

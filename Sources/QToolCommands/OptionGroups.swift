@@ -48,6 +48,8 @@ enum QuantizedOutputFormat: String, CaseIterable, ExpressibleByArgument {
 /// What `merge` writes (`--format`).
 enum MergeOutputFormat: String, CaseIterable, ExpressibleByArgument {
     case safetensors, nf4, bnb
+    /// llama.cpp's GGUF (a model with its config and tokenizer), chosen by an OUTPUT ending in .gguf.
+    case gguf
 }
 
 /// Which way Keras Dense kernels lie (`convert --layout`).

@@ -93,7 +93,9 @@ let package = Package(
             dependencies: ["SafetensorsFormat", "TensorCore", "TestSupport"]),
         .testTarget(
             name: "QToolCommandsTests",
-            dependencies: ["QToolCommands", "SafetensorsFormat", "TensorCore", "TestSupport", "qtool"]),
+            dependencies: ["QToolCommands", "SafetensorsFormat", "GGUFFormat", "TensorCore", "TestSupport", "qtool"]),
+        .testTarget(
+            name: "GGUFConversionTests", dependencies: ["GGUFConversion", "GGUFFormat", "Tokenizer", "TensorCore", "TestSupport"]),
     ]
 )
 

@@ -40,11 +40,13 @@ public enum GGUFTokenizerFiles {
 
         var vocab: [JSONMember] = []
         var added: [JSONValue] = []
-        var seen = Set<String>()
+        // Keyed by bytes: Swift's String equality is canonical equivalence ("à" == "a\u{300}"),
+        // but tokens are byte strings.
+        var seen = Set<[UInt8]>()
         for (id, token) in tokens.enumerated() {
             let type = GGUFTokenType(rawValue: Int32(clamping: types[id])) ?? .normal
             if type == .unused { continue }
-            guard seen.insert(token).inserted else { continue }
+            guard seen.insert(Array(token.utf8)).inserted else { continue }
             vocab.append(JSONMember(key: token, value: .number("\(id)")))
             if type == .control || type == .userDefined || (type == .unknown && model == "llama") {
                 added.append(
@@ -113,12 +115,24 @@ public enum GGUFTokenizerFiles {
             }
         case "llama":
             prependsSpace = metadata["tokenizer.ggml.add_space_prefix"]?.bool ?? true
-            preTokenizer = .object([
-                JSONMember(key: "type", value: .string("Metaspace")),
-                JSONMember(key: "replacement", value: .string("\u{2581}")),
-                JSONMember(key: "prepend_scheme", value: .string(prependsSpace ? "first" : "never")),
-                JSONMember(key: "split", value: .bool(false)),
+            // llama.cpp's SentencePiece tokenizer puts "▁" before the text and after every
+            // special token, and turns each space into "▁", without splitting: Llama 2's
+            // original (legacy) normalizers do exactly that.
+            var normalizers: [JSONValue] = []
+            if prependsSpace {
+                normalizers.append(
+                    .object([JSONMember(key: "type", value: .string("Prepend")), JSONMember(key: "prepend", value: .string("\u{2581}"))]))
+            }
+            normalizers.append(
+                .object([
+                    JSONMember(key: "type", value: .string("Replace")),
+                    JSONMember(key: "pattern", value: .object([JSONMember(key: "String", value: .string(" "))])),
+                    JSONMember(key: "content", value: .string("\u{2581}")),
+                ]))
+            normalizer = .object([
+                JSONMember(key: "type", value: .string("Sequence")), JSONMember(key: "normalizers", value: .array(normalizers)),
             ])
+            preTokenizer = .null
             var steps: [JSONValue] = [
                 .object([
                     JSONMember(key: "type", value: .string("Replace")),
@@ -258,17 +272,23 @@ public enum GGUFTokenizerFiles {
             let type = GGUFTokenType(rawValue: Int32(clamping: types[id]))
             return type == .normal || type == .userDefined
         }
-        var index: [String: Int] = [:]
-        for (id, token) in tokens.enumerated() where mergeable(id) && index[token] == nil { index[token] = id }
+        // Keyed by bytes (String equality would merge canonically equivalent tokens), cut at
+        // Unicode scalars as Python cuts a str.
+        var index: [[UInt8]: Int] = [:]
+        for (id, token) in tokens.enumerated() where mergeable(id) && index[Array(token.utf8)] == nil { index[Array(token.utf8)] = id }
         var merges: [(left: String, right: String, score: Float, order: Int)] = []
         for (id, token) in tokens.enumerated() where mergeable(id) {
-            let characters = Array(token)
-            guard characters.count > 1 else { continue }
+            let scalars = Array(token.unicodeScalars)
+            guard scalars.count > 1 else { continue }
             var local: [(left: String, right: String, leftID: Int, rightID: Int)] = []
-            for cut in 1..<characters.count {
-                let left = String(characters[..<cut])
-                let right = String(characters[cut...])
-                if let l = index[left], let r = index[right] { local.append((left, right, l, r)) }
+            for cut in 1..<scalars.count {
+                var left = String.UnicodeScalarView()
+                left.append(contentsOf: scalars[..<cut])
+                var right = String.UnicodeScalarView()
+                right.append(contentsOf: scalars[cut...])
+                if let l = index[Array(String(left).utf8)], let r = index[Array(String(right).utf8)] {
+                    local.append((String(left), String(right), l, r))
+                }
             }
             local.sort { ($0.leftID, $0.rightID) < ($1.leftID, $1.rightID) }
             for piece in local { merges.append((piece.left, piece.right, scores[id], merges.count)) }

@@ -155,10 +155,11 @@ public enum GGUFVocabulary {
     /// special tokens 0 (never merged into).
     static func scores(_ export: TokenizerExport, rows: Int) -> [Float] {
         var scores = [Float](repeating: -1e9, count: rows)
-        var index: [String: Int] = [:]
-        for (id, token) in export.tokens.enumerated() { if let token { index[token] = id } }
+        // Keyed by bytes: String equality is canonical equivalence, tokens are byte strings.
+        var index: [[UInt8]: Int] = [:]
+        for (id, token) in export.tokens.enumerated() { if let token { index[Array(token.utf8)] = id } }
         for (rank, merge) in export.merges.enumerated().reversed() {
-            if let id = index[merge.0 + merge.1], id < rows { scores[id] = -Float(rank) }
+            if let id = index[Array(merge.0.utf8) + Array(merge.1.utf8)], id < rows { scores[id] = -Float(rank) }
         }
         for (id, token) in export.tokens.enumerated() where id < rows {
             if let token, isByteToken(token) || id == export.unknownTokenID { scores[id] = 0 }

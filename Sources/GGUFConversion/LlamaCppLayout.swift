@@ -109,20 +109,20 @@ public enum LlamaCppLayout {
     }
 
     /// convert_hf_to_gguf's `rope_freqs` for Llama 3 rope scaling: the factor dividing each
-    /// rotation frequency.
+    /// rotation frequency, computed as it does, in float32 tensor arithmetic.
     public static func llama3RopeFactors(config: ModelConfig) -> [Float]? {
         guard case .llama3(let factor, let low, let high, let original) = config.ropeScaling else { return nil }
         let base = Float(config.ropeTheta)
         let dim = config.headDim
-        let lowWavelength = Double(original) / low
-        let highWavelength = Double(original) / high
+        let lowWavelength = Float(Double(original) / low)
+        let highWavelength = Float(Double(original) / high)
         return stride(from: 0, to: dim, by: 2).map { i -> Float in
             let frequency = 1 / powf(base, Float(i) / Float(dim))
-            let wavelength = 2 * Double.pi / Double(frequency)
+            let wavelength = Float(2 * Double.pi) / frequency
             if wavelength < highWavelength { return 1 }
             if wavelength > lowWavelength { return Float(factor) }
-            let smooth = (Double(original) / wavelength - low) / (high - low)
-            return Float(1 / ((1 - smooth) / factor + smooth))
+            let smooth = (Float(original) / wavelength - Float(low)) / Float(high - low)
+            return 1 / ((1 - smooth) / Float(factor) + smooth)
         }
     }
 }

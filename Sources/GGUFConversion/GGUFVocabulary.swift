@@ -67,6 +67,7 @@ public enum GGUFVocabulary {
         case .split(let name):
             throw Refusal(description: "a \(name) split without ByteLevel has no llama.cpp equivalent")
         }
+        let pre = isByteLevel ? try preTokenizer(export) : "default"
         let added = Dictionary(export.addedTokens.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
         let largestID = max(export.tokens.count - 1, export.addedTokens.map(\.id).max() ?? -1)
         guard largestID < rows else {
@@ -100,7 +101,7 @@ public enum GGUFVocabulary {
         }
         if isByteLevel {
             entries.append(("tokenizer.ggml.model", .string("gpt2")))
-            entries.append(("tokenizer.ggml.pre", .string(try preTokenizer(export))))
+            entries.append(("tokenizer.ggml.pre", .string(pre)))
             entries.append(("tokenizer.ggml.tokens", .strings(tokens)))
             entries.append(("tokenizer.ggml.token_type", .array(.int32, types.map { .int32($0.rawValue) })))
             // gguf-py spells a space inside a merge's token as U+0120, as the byte alphabet does.
@@ -108,7 +109,7 @@ public enum GGUFVocabulary {
             entries.append(("tokenizer.ggml.merges", .strings(export.merges.map { spaced($0.0) + " " + spaced($0.1) })))
         } else {
             entries.append(("tokenizer.ggml.model", .string("llama")))
-            entries.append(("tokenizer.ggml.pre", .string("default")))
+            entries.append(("tokenizer.ggml.pre", .string(pre)))
             entries.append(("tokenizer.ggml.tokens", .strings(tokens)))
             entries.append(("tokenizer.ggml.scores", .array(.float32, scores(export, rows: rows).map(GGUFValue.float32))))
             entries.append(("tokenizer.ggml.token_type", .array(.int32, types.map { .int32($0.rawValue) })))

@@ -620,6 +620,86 @@ def finetune_table(args, work, env, machine):
     return rows
 
 
+def make_gguf_input(work):
+    """A 1.08 GB bf16 Llama folder (hidden 2048, 12 layers, GQA 16/4 heads, random weights) with
+    fixtures/models/llama-gqa's tokenizer (a SentencePiece-style vocabulary the converter takes
+    without a pre-tokenizer hash)."""
+    folder = work / "gguf-model"
+    if (folder / "model.safetensors").exists():
+        return folder
+    import torch
+    from safetensors.torch import save_file
+    folder.mkdir(parents=True, exist_ok=True)
+    hidden, inter, layers, heads, kv, vocab = 2048, 5632, 12, 16, 4, 512
+    head_dim = hidden // heads
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden, "intermediate_size": inter,
+              "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv, "head_dim": head_dim,
+              "vocab_size": vocab, "max_position_embeddings": 2048, "rms_norm_eps": 1e-5,
+              "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"}, "tie_word_embeddings": False,
+              "bos_token_id": 1, "eos_token_id": 2, "dtype": "bfloat16", "hidden_act": "silu"}
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(ROOT / "fixtures/models/llama-gqa" / name, folder / name)
+    g = torch.Generator().manual_seed(0)
+    def w(*shape):
+        return (torch.randn(*shape, generator=g) * 0.02).to(torch.bfloat16)
+    tensors = {"model.embed_tokens.weight": w(vocab, hidden), "lm_head.weight": w(vocab, hidden),
+               "model.norm.weight": torch.ones(hidden, dtype=torch.bfloat16)}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        tensors.update({p + "self_attn.q_proj.weight": w(hidden, hidden), p + "self_attn.k_proj.weight": w(kv * head_dim, hidden),
+                        p + "self_attn.v_proj.weight": w(kv * head_dim, hidden), p + "self_attn.o_proj.weight": w(hidden, hidden),
+                        p + "mlp.gate_proj.weight": w(inter, hidden), p + "mlp.up_proj.weight": w(inter, hidden),
+                        p + "mlp.down_proj.weight": w(hidden, inter),
+                        p + "input_layernorm.weight": torch.ones(hidden, dtype=torch.bfloat16),
+                        p + "post_attention_layernorm.weight": torch.ones(hidden, dtype=torch.bfloat16)})
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder
+
+
+def gguf_table(args, work, env):
+    """`qtool convert MODEL out.gguf --dtype q8_0` against llama.cpp's `convert_hf_to_gguf.py
+    --outtype q8_0` (from the pinned llama-cpp-python sdist, as fixtures/generate/gguf_reference.py
+    fetches it) on a 1.08 GB bf16 Llama: whole processes, best of --repeat; the outputs are compared
+    tensor by tensor. Goal: at least 10× faster, at most a quarter of the peer's memory."""
+    sys.path.insert(0, str(ROOT / "fixtures/generate"))
+    import gguf_reference
+    source = gguf_reference.llama_cpp()
+    model = make_gguf_input(work)
+    size = (model / "model.safetensors").stat().st_size
+    mine, theirs = work / "q.gguf", work / "p.gguf"
+    qcmd = [args.qtool, "convert", str(model), str(mine), "--dtype", "q8_0", "--quiet"]
+    pcmd = [PY, "-c", gguf_reference.WRAPPER, "convert_hf_to_gguf.py", str(model), "--outtype", "q8_0", "--outfile", str(theirs)]
+    penv = dict(env, LLAMA_CPP_DIR=str(source), FIXTURE_PRE_TOKENIZER="")
+    best = {"qtool": None, "peer": None}
+    for _ in range(args.repeat):
+        for who, cmd, e in (("qtool", qcmd, env), ("peer", pcmd, penv)):
+            remove(mine if who == "qtool" else theirs)
+            wall, rss, _ = run(cmd, e)
+            if best[who] is None or wall < best[who][0]:
+                best[who] = (wall, rss)
+    from gguf import GGUFReader
+    a, b = GGUFReader(str(mine)), GGUFReader(str(theirs))
+    same_tensors = [t.name for t in a.tensors] == [t.name for t in b.tensors] and all(
+        x.tensor_type == y.tensor_type and x.data.tobytes() == y.data.tobytes() for x, y in zip(a.tensors, b.tensors))
+    same_metadata = [k for k in a.fields] == [k for k in b.fields] and all(
+        a.fields[k].contents() == b.fields[k].contents() for k in b.fields if k != "tokenizer.ggml.scores")
+    q, p = best["qtool"], best["peer"]
+    row = {"case": "convert to GGUF q8_0", "input_bytes": size, "qtool_seconds": q[0], "qtool_peak_rss": q[1],
+           "peer_seconds": p[0], "peer_peak_rss": p[1], "speedup": p[0] / q[0], "memory_ratio": q[1] / p[1],
+           "identical_tensors": same_tensors, "same_metadata_but_scores": same_metadata,
+           "meets_speed_goal": p[0] / q[0] >= 10, "meets_memory_goal": q[1] <= p[1] / 4}
+    table(f"{'case':22} {'qtool s':>8} {'peak RSS':>9} | {'peer s':>7} {'peak RSS':>9} | {'× peer':>6} {'RSS ratio':>9} "
+          f"{'same tensors':>12} {'same metadata':>13}",
+          [f"{row['case']:22} {q[0]:8.2f} {fmt_bytes(q[1]):>9} | {p[0]:7.2f} {fmt_bytes(p[1]):>9} | {row['speedup']:6.1f} "
+           f"{row['memory_ratio']:9.3f} {str(same_tensors):>12} {str(same_metadata):>13}"],
+          f"gguf: {fmt_bytes(size)} bf16 Llama (hidden 2048, 12 layers) to Q8_0; peer: llama.cpp's convert_hf_to_gguf.py "
+          f"(llama-cpp-python {gguf_reference.VERSION}'s), whole processes; same metadata: all keys but "
+          f"tokenizer.ggml.scores (qtool writes merge ranks); goal ≥ 10× faster, ≤ 1/4 of the peer's memory")
+    remove(mine, theirs)
+    return [row]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dir", default="/dev/shm/qtool-bench", help="work folder (inputs and outputs)")
@@ -627,7 +707,7 @@ def main():
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--qtool", default=str(ROOT / ".build/release/qtool"))
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
-    parser.add_argument("--only", choices=["memory", "eval", "finetune", "tokenize", "verify"], help="run one part only")
+    parser.add_argument("--only", choices=["memory", "eval", "finetune", "tokenize", "verify", "gguf"], help="run one part only")
     args = parser.parse_args()
 
     work = Path(args.dir)
@@ -646,6 +726,11 @@ def main():
         return
     if args.only == "verify":
         rows = verify_table(args, work, dict(os.environ, OPENBLAS_NUM_THREADS="1"))
+        if args.json:
+            print(json.dumps([machine] + rows, indent=2))
+        return
+    if args.only == "gguf":
+        rows = gguf_table(args, work, dict(os.environ, OPENBLAS_NUM_THREADS="1"))
         if args.json:
             print(json.dumps([machine] + rows, indent=2))
         return
@@ -715,13 +800,14 @@ def main():
            f"{h['speedup_vs_peer_inprocess']:6.2f} {h['speedup_vs_peer_process']:9.2f}"],
           f"hdf5: {fmt_bytes(h['input_bytes'])} of float32 datasets written by h5py; peer: h5py reads every dataset, "
           f"safetensors save_file writes them")
+    grows = gguf_table(args, work, env)
     trows = tokenize_table(args, work, env)
     erows = eval_table(args, work, env, machine)
     frows = finetune_table(args, work, env, machine)
     mrows = memory_table(args, work, env)
     vrows = verify_table(args, work, env)
     if args.json:
-        print(json.dumps([machine] + results + qrows + [m, h] + trows + erows + frows + mrows + vrows, indent=2))
+        print(json.dumps([machine] + results + qrows + [m, h] + grows + trows + erows + frows + mrows + vrows, indent=2))
 
 
 if __name__ == "__main__":

@@ -199,7 +199,7 @@ public enum GGMLBlocks {
         case .bf16:
             for i in 0..<count { out.storeBytes(of: bf16Bits(x[i]).littleEndian, toByteOffset: 2 * i, as: UInt16.self) }
         case .q8_0:
-            for block in 0..<count { quantizeQ8_0(x + 32 * block, out + 34 * block) }
+            for block in 0..<count { quantizeQ8_0Fast(x + 32 * block, out + 34 * block) }
         case .q4_0:
             for block in 0..<count { quantizeQ4_0(x + 32 * block, out + 18 * block) }
         default:
@@ -219,6 +219,45 @@ public enum GGMLBlocks {
     @inline(__always) static func clampedInt(_ value: Float, _ range: ClosedRange<Int>) -> Int {
         guard !value.isNaN else { return 0 }
         return Int(max(Float(range.lowerBound), min(Float(range.upperBound), value.rounded(.towardZero))))
+    }
+
+    /// `quantizeQ8_0` with vector arithmetic: the same operations in the same order on 16 lanes
+    /// (a block with a NaN takes the scalar path, which follows numpy's NaN rules).
+    @inline(__always) static func quantizeQ8_0Fast(_ x: UnsafePointer<Float>, _ out: UnsafeMutableRawPointer) {
+        let raw = UnsafeRawPointer(x)
+        let a = raw.loadUnaligned(as: SIMD16<Float>.self)
+        let b = raw.loadUnaligned(fromByteOffset: 64, as: SIMD16<Float>.self)
+        let magnitudeMask = SIMD16<UInt32>(repeating: 0x7FFF_FFFF)
+        let aBits = unsafeBitCast(a, to: SIMD16<UInt32>.self) & magnitudeMask
+        let bBits = unsafeBitCast(b, to: SIMD16<UInt32>.self) & magnitudeMask
+        // A NaN or an infinity takes the scalar path (numpy's max propagates NaN; inf · 0 is NaN).
+        let infinity = SIMD16<UInt32>(repeating: 0x7F80_0000)
+        if any(aBits .>= infinity) || any(bBits .>= infinity) {
+            quantizeQ8_0(x, out)
+            return
+        }
+        // Non-negative floats order as their bit patterns.
+        let amax = Float(bitPattern: pointwiseMax(aBits, bBits).max())
+        let d = amax / 127
+        let id: Float = d == 0 ? 0 : 1 / d
+        storeHalf(d, out, 0)
+        @inline(__always) func codes(_ v: SIMD16<Float>) -> SIMD16<Int8> {
+            let t = v * id
+            // Halves away from zero, exactly as np_roundf: floor(|t|) + (frac >= 0.5), signed.
+            // |t| ≤ 127 (+ rounding): adding and removing 2²³ rounds it to an integer (to even);
+            // one less where that went up gives the floor, exactly.
+            let magnitude = unsafeBitCast(unsafeBitCast(t, to: SIMD16<UInt32>.self) & magnitudeMask, to: SIMD16<Float>.self)
+            let shift = SIMD16<Float>(repeating: 8_388_608)
+            let nearest = (magnitude + shift) - shift
+            let whole = nearest.replacing(with: nearest - 1, where: nearest .> magnitude)
+            let rounded = whole.replacing(with: whole + 1, where: (magnitude - whole) .>= SIMD16<Float>(repeating: 0.5))
+            // An integer float plus 1.5·2²³ holds the integer in its low mantissa bits.
+            let bits = unsafeBitCast(rounded + SIMD16<Float>(repeating: 12_582_912), to: SIMD16<Int32>.self) &- 0x4B40_0000
+            let signed = bits.replacing(with: 0 &- bits, where: t .< SIMD16<Float>(repeating: 0))
+            return SIMD16<Int8>(truncatingIfNeeded: signed.clamped(lowerBound: SIMD16(repeating: -128), upperBound: SIMD16(repeating: 127)))
+        }
+        (out + 2).storeBytes(of: codes(a), as: SIMD16<Int8>.self)
+        (out + 18).storeBytes(of: codes(b), as: SIMD16<Int8>.self)
     }
 
     /// Q8_0: `d = amax / 127`, `q = round(x · (1/d))` with halves away from zero (gguf-py's

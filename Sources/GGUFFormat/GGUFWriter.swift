@@ -158,11 +158,13 @@ public struct GGMLEncodedPayload: TensorPayload {
     public let source: Tensor
     public let type: GGMLType
     public let rowOrder: [Int]?
+    public let threads: Int
 
-    public init(_ source: Tensor, as type: GGMLType, rowOrder: [Int]? = nil) {
+    public init(_ source: Tensor, as type: GGMLType, rowOrder: [Int]? = nil, threads: Int = ParallelismSettings.threadCount) {
         self.source = source
         self.type = type
         self.rowOrder = rowOrder
+        self.threads = threads
     }
 
     public var dtype: DType { .u8 }
@@ -175,39 +177,48 @@ public struct GGMLEncodedPayload: TensorPayload {
         let rowLength = rowLength
         let rows = rows
         guard rows > 0, rowLength > 0 else { return }
+        let type = type
         let rowBytes = rowLength / type.blockSize * type.typeSize
         let sourceType = source.dtype
-        let rowsPerChunk = Swift.max(1, Swift.min(rows, chunkBytes / Swift.max(rowBytes, rowLength * 4)))
         // A plain copy when nothing changes.
         if rowOrder == nil && GGMLType(plain: sourceType) == type {
             try source.stream(chunkBytes: chunkBytes, into: sink)
             return
         }
-        let floats = UnsafeMutableBufferPointer<Float>.allocate(capacity: rowsPerChunk * rowLength)
-        defer { floats.deallocate() }
+        let rowsPerChunk = Swift.max(1, Swift.min(rows, chunkBytes / Swift.max(rowBytes, 1)))
         let encoded = UnsafeMutableRawBufferPointer.allocate(byteCount: rowsPerChunk * rowBytes, alignment: 64)
         defer { encoded.deallocate() }
         let elementBytes = sourceType.bitSize / 8
+        let order = rowOrder
+        let threads = self.threads
+        // Rows are encoded by several threads into the chunk buffer; each thread widens its rows
+        // to float32 a few at a time in its own buffer.
+        let rowsPerTask = Swift.max(1, Swift.min(rowsPerChunk, (1 << 18) / rowLength))
         try source.withBytes { bytes in
             guard let base = bytes.baseAddress else { return }
+            let sourceBase = SendableRawPointer(base)
+            let destination = SendableMutableRawPointer(encoded.baseAddress!)
             var start = 0
             while start < rows {
                 let count = Swift.min(rowsPerChunk, rows - start)
-                if sourceType == .bf16 && type == .bf16 {
-                    // bf16 stays bit for bit (NaN payloads included).
-                    for r in 0..<count {
-                        let row = rowOrder?[start + r] ?? start + r
-                        (encoded.baseAddress! + r * rowBytes).copyMemory(from: base + row * rowLength * elementBytes, byteCount: rowBytes)
+                let first = start
+                parallelForChunks(count: count, chunk: rowsPerTask, threads: threads) { range in
+                    let floats = UnsafeMutableBufferPointer<Float>.allocate(capacity: range.count * rowLength)
+                    defer { floats.deallocate() }
+                    for r in range {
+                        let row = order?[first + r] ?? first + r
+                        let target = destination.raw + r * rowBytes
+                        if sourceType == .bf16 && type == .bf16 {
+                            // bf16 stays bit for bit (NaN payloads included).
+                            target.copyMemory(from: sourceBase.raw + row * rowLength * elementBytes, byteCount: rowBytes)
+                            continue
+                        }
+                        let values = floats.baseAddress! + (r - range.lowerBound) * rowLength
+                        FloatConversion.decodeToFloat32(sourceBase.raw, sourceType, from: row * rowLength, count: rowLength, into: values)
+                        GGMLBlocks.quantize(
+                            type, UnsafeBufferPointer(start: values, count: rowLength),
+                            into: UnsafeMutableRawBufferPointer(start: target, count: rowBytes))
                     }
-                } else {
-                    for r in 0..<count {
-                        let row = rowOrder?[start + r] ?? start + r
-                        FloatConversion.decodeToFloat32(
-                            base, sourceType, from: row * rowLength, count: rowLength, into: floats.baseAddress! + r * rowLength)
-                    }
-                    GGMLBlocks.quantize(
-                        type, UnsafeBufferPointer(rebasing: floats[0..<(count * rowLength)]),
-                        into: UnsafeMutableRawBufferPointer(rebasing: encoded[0..<(count * rowBytes)]))
                 }
                 try sink(UnsafeRawBufferPointer(rebasing: encoded[0..<(count * rowBytes)]))
                 start += count

@@ -19,17 +19,27 @@ struct ConvertCommand: ParsableCommand {
             came from HDF5 is written back with the same groups and attributes. --layout torch
             transposes Keras Dense kernels [in, out] to torch's [out, in]; --layout keras undoes it.
 
+            GGUF (llama.cpp): an OUTPUT ending in .gguf writes a Llama, Mistral or Qwen2 model
+            (HF folder, .nf4 or bitsandbytes folder, with config.json and tokenizer.json) as
+            llama.cpp's convert_hf_to_gguf.py does; --dtype f32|f16|bf16|q8_0|q4_0 (default: the
+            source's float type, Q8_0 for a 4-bit source). A PEFT adapter folder with --base
+            BASE becomes a GGUF LoRA adapter. A .gguf INPUT with a folder OUTPUT becomes a
+            transformers model again (config.json and tokenizer.json rebuilt).
+
             Examples:
               qtool convert model.safetensors model-bf16.safetensors --dtype bf16
               qtool convert fixtures/tiny-llama out/tiny --max-shard-size 1MB
               qtool convert fixtures/hdf5/keras3.weights.h5 keras.safetensors
               qtool convert keras.safetensors restored.weights.h5
+              qtool convert fixtures/models/llama-gqa model.gguf --dtype q8_0
+              qtool convert adapter/ adapter.gguf --base fixtures/models/llama-gqa
+              qtool convert model.gguf restored/
             """)
 
-    @Argument(help: "A checkpoint file or model folder.")
+    @Argument(help: "A checkpoint file or model folder (or a PEFT adapter folder, with --base, for a .gguf OUTPUT).")
     var input: String
 
-    @Argument(help: "A .safetensors file, a model folder, or an .h5/.hdf5 file.")
+    @Argument(help: "A .safetensors file, a model folder, an .h5/.hdf5 file or a .gguf file.")
     var output: String
 
     @OptionGroup var inputOptions: InputOptions

@@ -6,19 +6,21 @@ import TensorCore
 struct DequantizeCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "dequantize",
-        abstract: "Restore a 4-bit checkpoint (.nf4 or bitsandbytes folder) to floats in safetensors.",
+        abstract: "Restore a 4-bit checkpoint (.nf4, bitsandbytes folder or GGUF) to floats in safetensors.",
         discussion: """
             Every tensor of the source is written: quantized ones dequantized as bitsandbytes'
             dequantize_4bit does, to their original dtype or to --dtype; the others as they are
             (cast too when --dtype is given). OUTPUT ending in .safetensors is one file, anything
             else a model folder (config.json without quantization_config, tokenizer files).
+            A GGUF file's tensors keep their GGUF names and come out as gguf-py's dequantize
+            gives them (float32, or --dtype).
 
             Examples:
               qtool dequantize tiny.nf4 out/tiny-restored
               qtool dequantize out/tiny-bnb tiny-f32.safetensors --dtype f32
             """)
 
-    @Argument(help: "A .nf4 file or a bitsandbytes model folder.")
+    @Argument(help: "A .nf4 file, a bitsandbytes model folder or a GGUF file.")
     var input: String
 
     @Argument(help: "A .safetensors file or a model folder.")
@@ -34,7 +36,9 @@ struct DequantizeCommand: ParsableCommand {
 
     func validate() throws {
         try PathArguments.validate([("INPUT", input), ("OUTPUT", output)])
-        guard !output.hasSuffix(".nf4") else { throw ValidationError("OUTPUT must be a .safetensors file or a folder") }
+        guard !output.hasSuffix(".nf4") && !output.hasSuffix(".gguf") else {
+            throw ValidationError("OUTPUT must be a .safetensors file or a folder")
+        }
         try floats.validate(output: output)
     }
 

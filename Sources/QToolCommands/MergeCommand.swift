@@ -16,12 +16,14 @@ struct MergeCommand: ParsableCommand {
             adapter stores whole (modules_to_save) replace the base's. A 4-bit base (.nf4 or
             bitsandbytes folder) is dequantized, merged and quantized again with its own settings.
             The output keeps the base's format and sharding unless --format or --dtype says
-            otherwise.
+            otherwise. An output ending in .gguf is a llama.cpp model (Q8_0 from a 4-bit base
+            unless --dtype says f32, f16, bf16, q8_0 or q4_0).
 
             Examples:
               qtool merge fixtures/tiny-llama --adapter fixtures/lora/lora --output out/merged
               qtool merge base --adapter a --adapter b=0.5 --output merged --dtype bf16
               qtool merge tiny.nf4 --adapter fixtures/lora/lora --output merged.nf4
+              qtool merge tiny.nf4 --adapter fixtures/lora/lora --output tuned.gguf
               qtool merge fixtures/tiny-llama --adapter fixtures/lora/dora --dry-run
             """)
 
@@ -35,7 +37,7 @@ struct MergeCommand: ParsableCommand {
         help: ArgumentHelp("A PEFT or mlx-lm adapter folder, with an optional weight (repeatable).", valueName: "DIR[=WEIGHT]"))
     var adapters: [String] = []
 
-    @Option(name: [.customShort("o"), .long], help: "Where to write: a folder, a .safetensors file or a .nf4 file.")
+    @Option(name: [.customShort("o"), .long], help: "Where to write: a folder, a .safetensors file, a .nf4 file or a .gguf file.")
     var output: String?
 
     @OptionGroup var floats: FloatOutputOptions

@@ -9,7 +9,7 @@ APT_DEPS   := libhdf5-dev libzstd-dev libopenblas-dev pkg-config strace
 export OPENBLAS_NUM_THREADS ?= 1
 
 FUZZ_TIME    ?= 60
-FUZZ_TARGETS := json safetensors nf4 bnb adapter hdf5 tokenizer model
+FUZZ_TARGETS := json safetensors nf4 bnb adapter hdf5 tokenizer model gguf
 FUZZ_BIN     := .build-fuzz/debug/qtool-fuzz
 
 .PHONY: all setup build test demo bench interop fixtures venv manifest clean fuzz fuzz-build fuzz-ci lint

@@ -70,6 +70,7 @@ let package = Package(
             name: "FuzzTargets",
             dependencies: [
                 "TensorCore", "SafetensorsFormat", "NF4Format", "Quantization", "LoRAMerge", "HDF5Format", "Tokenizer", "LanguageModel",
+                "GGUFFormat",
             ],
             path: "Tests/FuzzTargets"),
         .testTarget(name: "FuzzRegressionTests", dependencies: ["FuzzTargets", "TestSupport", "qtool"]),
@@ -83,6 +84,7 @@ let package = Package(
             name: "LanguageModelTests",
             dependencies: ["LanguageModel", "LoRAMerge", "Quantization", "SafetensorsFormat", "TensorCore", "TestSupport"]),
         .testTarget(name: "NF4FormatTests", dependencies: ["NF4Format", "TensorCore", "TestSupport"]),
+        .testTarget(name: "GGUFFormatTests", dependencies: ["GGUFFormat", "SafetensorsFormat", "TensorCore", "TestSupport"]),
         .testTarget(
             name: "FineTuneTests",
             dependencies: ["FineTune", "LanguageModel", "LoRAMerge", "Quantization", "SafetensorsFormat", "TensorCore", "TestSupport"]),

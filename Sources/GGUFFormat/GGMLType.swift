@@ -166,6 +166,9 @@ public enum GGMLType: UInt32, CaseIterable, Sendable, CustomStringConvertible {
     /// whole number of blocks or the size overflows.
     public func byteCount(dimensions: [Int]) -> Int? {
         guard let first = dimensions.first, dimensions.allSatisfy({ $0 >= 0 }), first % blockSize == 0 else { return nil }
+        // The element count must fit in any order of multiplication, even where a 0 makes the size
+        // 0: `elementCount` and `Shape` multiply every dimension.
+        guard CheckedSize.product(dimensions.filter { $0 != 0 }) != nil else { return nil }
         guard let rows = CheckedSize.product(Array(dimensions.dropFirst())) else { return nil }
         guard let rowBytes = CheckedSize.multiply(first / blockSize, typeSize) else { return nil }
         return CheckedSize.multiply(rows, rowBytes)

@@ -20,6 +20,8 @@ public struct GGUFTensorInfo: Sendable {
 public struct GGUFFile: Sendable {
     public static let magic: [UInt8] = Array("GGUF".utf8)
     public static let defaultAlignment = 32
+    /// `general.alignment` is a power of two up to this (1 MiB; files use 32).
+    public static let largestAlignment = 1 << 20
     /// Tensor names are at most this many bytes (llama.cpp's GGML_MAX_NAME, less its NUL).
     public static let longestName = 63
     /// Nested arrays deeper than this are refused (no real file nests at all).
@@ -133,7 +135,7 @@ public struct GGUFFile: Sendable {
                 guard case .uint32(let written) = value else {
                     throw .invalidMetadata(path: path, key: "general.alignment", detail: "must be a uint32, found \(value.type)")
                 }
-                guard written > 0, written & (written - 1) == 0, written <= 1 << 20 else {
+                guard written > 0, written & (written - 1) == 0, Int(written) <= GGUFFile.largestAlignment else {
                     throw .invalidMetadata(path: path, key: "general.alignment", detail: "\(written) is not a power of two up to 1 MiB")
                 }
                 alignment = Int(written)

@@ -36,8 +36,9 @@ public final class GGUFWriter {
         self.path = path
         self.alignment = alignment
         plans = tensors
-        guard alignment > 0, alignment & (alignment - 1) == 0 else {
-            throw GGUFError.cannotWrite(path: path, detail: "alignment \(alignment) is not a power of two")
+        // The reader's limit: an alignment from 2³² on would also trap in the UInt32 below.
+        guard alignment > 0, alignment & (alignment - 1) == 0, alignment <= GGUFFile.largestAlignment else {
+            throw GGUFError.cannotWrite(path: path, detail: "alignment \(alignment) is not a power of two up to 1 MiB")
         }
         var metadata = metadata
         if alignment != GGUFFile.defaultAlignment || metadata.contains("general.alignment") {

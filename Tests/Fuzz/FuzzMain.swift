@@ -2,7 +2,7 @@ import FuzzTargets
 import Foundation
 
 /// `qtool-fuzz`, built with `-sanitize=fuzzer,address` by `make fuzz`: libFuzzer over the reader
-/// that `FUZZ_TARGET` names (json, safetensors, nf4, bnb, adapter, hdf5, tokenizer).
+/// that `FUZZ_TARGET` names (json, safetensors, nf4, bnb, adapter, hdf5, tokenizer, model, gguf).
 nonisolated(unsafe) var target = FuzzTarget.json
 
 @_cdecl("LLVMFuzzerInitialize")

@@ -1,4 +1,5 @@
 import Foundation
+import GGUFFormat
 import HDF5Format
 import LanguageModel
 import SafetensorsFormat
@@ -14,7 +15,7 @@ import Tokenizer
 /// libFuzzer executable (`Tests/Fuzz`, `make fuzz`) and the regression test (`make test`) call
 /// the same functions.
 public enum FuzzTarget: String, CaseIterable, Sendable {
-    case json, safetensors, nf4, bnb, adapter, hdf5, tokenizer, model
+    case json, safetensors, nf4, bnb, adapter, hdf5, tokenizer, model, gguf
 
     /// Runs the target on one input.
     public func run(_ data: UnsafeRawBufferPointer) {
@@ -27,6 +28,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         case .hdf5: FuzzTarget.hdf5(data)
         case .tokenizer: FuzzTarget.tokenizer(data)
         case .model: FuzzTarget.model(data)
+        case .gguf: FuzzTarget.gguf(data)
         }
     }
 
@@ -145,6 +147,53 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
                     _ = try? MergedTensor(base: base[name]!, merge: merge, dtype: dtype, name: name).materialized()
                 }
             }
+        }
+    }
+
+    /// Input: a GGUF file. One that opens has every tensor within the budget read as the commands
+    /// read it: quantized ones dequantized, plain float ones widened to float32, integer ones as
+    /// they are.
+    static func gguf(_ data: UnsafeRawBufferPointer) {
+        withFile(data, suffix: ".gguf") { path in
+            guard let file = try? GGUFFile(path: path) else { return }
+            for (key, value) in file.metadata.entries {
+                precondition(file.metadata[key].map { sameValue($0, value) } == true, "metadata lookup differs from the entry")
+                _ = (value.description, value.number, value.elements?.count)
+            }
+            var budget = dataBudget
+            for info in file.tensors {
+                // Every accepted tensor lies inside the data section.
+                let range = file.fileRange(info)
+                precondition(range.lowerBound >= file.dataStart && range.upperBound <= data.count, "tensor past the end")
+                precondition(info.type.byteCount(dimensions: info.dimensions) == info.byteCount, "byte count differs")
+                guard info.elementCount <= budget else { continue }
+                budget -= info.elementCount
+                _ = file.rawTensor(info).withBytes { $0.reduce(0, &+) as UInt8 }
+                guard let tensor = try? file.tensor(info, threads: 2) else {
+                    precondition(!info.type.isDequantizable, "a dequantizable tensor was refused")
+                    continue
+                }
+                precondition(tensor.shape == info.shape && tensor.elementCount == info.elementCount, "tensor shape differs")
+                if tensor.dtype != .f32 && FloatConversion.decodable.contains(tensor.dtype) && tensor.elementCount > 0 {
+                    let floats = UnsafeMutablePointer<Float>.allocate(capacity: tensor.elementCount)
+                    defer { floats.deallocate() }
+                    tensor.withBytes {
+                        FloatConversion.decodeToFloat32($0.baseAddress!, tensor.dtype, from: 0, count: tensor.elementCount, into: floats)
+                    }
+                } else {
+                    _ = tensor.withBytes { $0.reduce(0, &+) as UInt8 }
+                }
+            }
+        }
+    }
+
+    /// Metadata values equal, floats bit for bit (a NaN is not `==` to itself).
+    static func sameValue(_ a: GGUFValue, _ b: GGUFValue) -> Bool {
+        switch (a, b) {
+        case (.float32(let x), .float32(let y)): x.bitPattern == y.bitPattern
+        case (.float64(let x), .float64(let y)): x.bitPattern == y.bitPattern
+        case (.array(let s, let x), .array(let t, let y)): s == t && x.count == y.count && zip(x, y).allSatisfy { sameValue($0, $1) }
+        default: a == b
         }
     }
 

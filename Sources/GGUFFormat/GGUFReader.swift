@@ -26,6 +26,10 @@ public struct GGUFFile: Sendable {
     public static let longestName = 63
     /// Nested arrays deeper than this are refused (no real file nests at all).
     static let deepestArray = 8
+    /// Metadata array elements in the whole file at most (each is held as a value: a hostile
+    /// 100 M-element array would need gigabytes). Real files hold about a million (tokens,
+    /// scores, types, merges of a 256 K vocabulary).
+    public static let mostArrayElements = 1 << 24
 
     public let path: String
     public let version: UInt32
@@ -93,6 +97,7 @@ public struct GGUFFile: Sendable {
     struct Parser {
         var reader: ByteReader
         let path: String
+        var arrayElements = 0
 
         struct Header {
             let version: UInt32
@@ -269,6 +274,12 @@ public struct GGUFFile: Sendable {
                 guard length <= UInt64(reader.remaining / elementType.smallestSize) else {
                     throw .truncated(
                         path: path, detail: "\(what): an array of \(length) \(elementType) values runs past the end of the file")
+                }
+                arrayElements += Int(length)
+                guard arrayElements <= GGUFFile.mostArrayElements else {
+                    throw .invalidMetadata(
+                        path: path, key: key,
+                        detail: "more than qtool's limit of \(GGUFFile.mostArrayElements) metadata array elements in a file")
                 }
                 var elements: [GGUFValue] = []
                 elements.reserveCapacity(Int(length))

@@ -186,6 +186,9 @@ public struct GGMLEncodedPayload: TensorPayload {
             try source.stream(chunkBytes: chunkBytes, into: sink)
             return
         }
+        if let rowOrder, rowOrder.count != rows || rowOrder.contains(where: { $0 < 0 || $0 >= rows }) {
+            throw GGUFError.cannotWrite(path: "(tensor data)", detail: "a row order that is not a permutation of the \(rows) rows")
+        }
         let rowsPerChunk = Swift.max(1, Swift.min(rows, chunkBytes / Swift.max(rowBytes, 1)))
         let encoded = UnsafeMutableRawBufferPointer.allocate(byteCount: rowsPerChunk * rowBytes, alignment: 64)
         defer { encoded.deallocate() }

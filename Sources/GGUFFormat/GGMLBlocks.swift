@@ -34,8 +34,8 @@ public enum GGMLBlocks {
             case .q8_0: q8_0(b, out)
             case .q2_K: q2_K(b, out)
             case .q3_K: q3_K(b, out)
-            case .q4_K: q4_K(b, out)
-            case .q5_K: q5_K(b, out)
+            case .q4_K: k4or5(b, out, fiveBits: false)
+            case .q5_K: k4or5(b, out, fiveBits: true)
             case .q6_K: q6_K(b, out)
             default: preconditionFailure("\(type) is not dequantizable")
             }
@@ -132,10 +132,12 @@ public enum GGMLBlocks {
         return ((byte(8 + j) & 0x0F) | ((byte(j) >> 2) & 0x30), (byte(8 + j) >> 4) | ((byte(4 + j) >> 2) & 0x30))
     }
 
-    /// Q4_K: d, dmin, scales[12], qs[128].
-    @inline(__always) private static func q4_K(_ b: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
+    /// Q4_K (d, dmin, scales[12], qs[128]) and Q5_K (the same with qh[32] before qs, bit g of
+    /// qh[l] the fifth bit of element l of group g).
+    @inline(__always) private static func k4or5(_ b: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>, fiveBits: Bool) {
         let d = half(b, 0)
         let dmin = half(b, 2)
+        let codes = fiveBits ? 48 : 16
         for group in 0..<8 {
             let (scale, minimum) = scaleMin(b + 4, group)
             let dd = d * Float(scale)
@@ -143,26 +145,9 @@ public enum GGMLBlocks {
             let chunk = group / 2
             let shift = UInt8(4 * (group % 2))
             for l in 0..<32 {
-                let q = (b.load(fromByteOffset: 16 + chunk * 32 + l, as: UInt8.self) >> shift) & 0x0F
+                var q = (b.load(fromByteOffset: codes + chunk * 32 + l, as: UInt8.self) >> shift) & 0x0F
+                if fiveBits { q |= ((b.load(fromByteOffset: 16 + l, as: UInt8.self) >> UInt8(group)) & 1) << 4 }
                 y[group * 32 + l] = dd * Float(q) - dm
-            }
-        }
-    }
-
-    /// Q5_K: d, dmin, scales[12], qh[32], qs[128].
-    @inline(__always) private static func q5_K(_ b: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
-        let d = half(b, 0)
-        let dmin = half(b, 2)
-        for group in 0..<8 {
-            let (scale, minimum) = scaleMin(b + 4, group)
-            let dd = d * Float(scale)
-            let dm = dmin * Float(minimum)
-            let chunk = group / 2
-            let shift = UInt8(4 * (group % 2))
-            for l in 0..<32 {
-                let low = (b.load(fromByteOffset: 48 + chunk * 32 + l, as: UInt8.self) >> shift) & 0x0F
-                let high = (b.load(fromByteOffset: 16 + l, as: UInt8.self) >> UInt8(group)) & 1
-                y[group * 32 + l] = dd * Float(low | high << 4) - dm
             }
         }
     }

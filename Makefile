@@ -12,7 +12,21 @@ FUZZ_TIME    ?= 60
 FUZZ_TARGETS := json safetensors nf4 bnb adapter hdf5 tokenizer model gguf
 FUZZ_BIN     := .build-fuzz/debug/qtool-fuzz
 
-.PHONY: all setup build test demo bench interop fixtures venv manifest clean fuzz fuzz-build fuzz-ci lint
+# llama.cpp for `make interop` (never committed): the release the pinned llama-cpp-python sdist vendors
+# (fixtures/generate/gguf_reference.py fetches it into .cache), built into .cache/llama.cpp-build.
+# LLAMA_CPP_BIN=folder uses an existing build's binaries instead (llama-tokenize, llama-perplexity,
+# llama-quantize), LLAMA_GREEDY_IDS=path an existing build of Tests/Interop/llama_greedy_ids.cpp.
+LLAMA_CPP_BUILD := .cache/llama.cpp-build
+ifeq ($(LLAMA_CPP_BIN),)
+LLAMA_CPP_BIN   := $(LLAMA_CPP_BUILD)/bin
+INTEROP_LLAMA   := llama-cpp
+endif
+LLAMA_GREEDY_IDS ?= $(LLAMA_CPP_BIN)/llama-greedy-ids
+LLAMA_CPP_CMAKE := -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DGGML_NATIVE=ON -DLLAMA_BUILD_SERVER=OFF \
+                   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_OPENSSL=OFF
+LLAMA_CPP_TOOLS := llama-tokenize llama-perplexity llama-quantize
+
+.PHONY: all setup build test demo bench interop fixtures venv manifest clean fuzz fuzz-build fuzz-ci lint llama-cpp
 
 all: build
 
@@ -94,6 +108,11 @@ demo: build
 	@$(QTOOL) verify $(DEMO)/llama-gqa-tuned.nf4 --base $(DEMO)/llama-gqa.nf4 --adapter $(DEMO)/adapter \
 	  --data fixtures/finetune/eval.jsonl --max-seq-len 64 --min-update-cosine 0.5 --max-kld 0.1 --junit $(DEMO)/verify.xml
 	@echo "   exit status 0: every check held (1 would fail a CI job); JUnit report in $(DEMO)/verify.xml"
+	@echo "-- qtool merge $(DEMO)/llama-gqa.nf4 --adapter $(DEMO)/adapter -o $(DEMO)/llama-gqa-tuned.gguf   (for llama.cpp / Ollama)"
+	@$(QTOOL) merge $(DEMO)/llama-gqa.nf4 --adapter $(DEMO)/adapter -o $(DEMO)/llama-gqa-tuned.gguf
+	@$(QTOOL) inspect $(DEMO)/llama-gqa-tuned.gguf | grep -E "general.architecture|general.file_type|tokenizer.ggml.(model|tokens)|blk.0.attn_q.weight|tensors,"
+	@echo "-- qtool convert $(DEMO)/adapter $(DEMO)/adapter.gguf --base fixtures/models/llama-gqa   (llama.cpp --lora)"
+	@$(QTOOL) convert $(DEMO)/adapter $(DEMO)/adapter.gguf --base fixtures/models/llama-gqa
 	@echo
 	@echo "sizes:"
 	@du -b fixtures/tiny-llama/model.safetensors $(DEMO)/tiny-llama.nf4 $(DEMO)/tiny-llama-bnb/model.safetensors \
@@ -130,11 +149,44 @@ $(PYTHON): fixtures/generate/requirements.txt
 bench: build venv
 	$(PYTHON) Benchmarks/bench.py
 
-## interop: transformers/PEFT and Keras load qtool's outputs; logits, predictions and eval losses compared (needs the venv)
-interop: build venv
+## interop: transformers/PEFT and Keras load qtool's outputs; logits, predictions and eval losses compared;
+## llama.cpp and gguf-py read qtool's GGUFs (needs the venv, and llama.cpp: built by `make llama-cpp`
+## unless LLAMA_CPP_BIN names the binaries' folder)
+interop: build venv $(INTEROP_LLAMA)
 	HF_HUB_OFFLINE=1 $(PYTHON) Tests/Interop/merge_interop.py
 	$(PYTHON) Tests/Interop/hdf5_interop.py
 	HF_HUB_OFFLINE=1 $(PYTHON) Tests/Interop/finetune_interop.py
+	HF_HUB_OFFLINE=1 LLAMA_CPP_BIN=$(LLAMA_CPP_BIN) LLAMA_GREEDY_IDS=$(LLAMA_GREEDY_IDS) $(PYTHON) Tests/Interop/gguf_interop.py
+
+## llama-cpp: llama.cpp's tools for `make interop` in .cache/llama.cpp-build/bin (about 10 minutes on
+## 2 cores the first time; each step is skipped once done): the source of the pinned llama-cpp-python
+## sdist, configured with cmake (installed when missing), and llama-greedy-ids built against it
+llama-cpp: $(LLAMA_CPP_BUILD)/bin/llama-greedy-ids
+
+# the source folder (gguf_reference.llama_cpp() downloads and checks the sdist once)
+$(LLAMA_CPP_BUILD)/source: fixtures/generate/gguf_reference.py
+	@mkdir -p $(LLAMA_CPP_BUILD)
+	cd fixtures/generate && python3 -c 'import gguf_reference; print(gguf_reference.llama_cpp())' > $(CURDIR)/$@.tmp
+	@mv $@.tmp $@
+
+$(LLAMA_CPP_BUILD)/configured: $(LLAMA_CPP_BUILD)/source
+	@missing=""; command -v cmake >/dev/null || missing="$$missing cmake"; command -v $(CXX) >/dev/null || missing="$$missing g++"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+	cmake -S "$$(cat $<)" -B $(LLAMA_CPP_BUILD) $(LLAMA_CPP_CMAKE)
+	@touch $@
+
+$(LLAMA_CPP_BUILD)/built: $(LLAMA_CPP_BUILD)/configured
+	nice -n 10 cmake --build $(LLAMA_CPP_BUILD) -j$$(nproc) --target $(LLAMA_CPP_TOOLS)
+	@touch $@
+
+$(LLAMA_CPP_BUILD)/bin/llama-greedy-ids: Tests/Interop/llama_greedy_ids.cpp $(LLAMA_CPP_BUILD)/built
+	src="$$(cat $(LLAMA_CPP_BUILD)/source)"; \
+	nice -n 10 $(CXX) -O2 -std=c++17 $< -I"$$src/include" -I"$$src/ggml/include" -L$(LLAMA_CPP_BUILD)/bin \
+	  -lllama -lggml -lggml-base -Wl,-rpath,$(CURDIR)/$(LLAMA_CPP_BUILD)/bin -o $@
 
 ## fixtures: regenerate every golden with the reference libraries (records their versions)
 fixtures: venv build

@@ -22,7 +22,8 @@ extension ConvertCommand {
         let progress = ProgressBar(label: "convert", total: total, quiet: report.quiet)
         let config = try checkpoint.companions.first { $0.name == "config.json" }?.read()
         var output = GGUFModelOutput(
-            path: self.output, type: floats.dtype?.ggmlType, name: Self.modelName(input, config: config), companions: checkpoint.companions,
+            path: self.output, source: input, type: floats.dtype?.ggmlType, name: Self.modelName(input, config: config),
+            companions: checkpoint.companions,
             shapes: checkpoint.entries.map(\.shape), sourceIsQuantized: checkpoint.isQuantized,
             firstMatrixDType: checkpoint.entries.first { $0.shape.rank >= 2 && $0.quantization == nil }?.dtype, progress: progress)
         output.shardGroups = checkpoint.shardGroups

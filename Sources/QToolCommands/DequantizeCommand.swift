@@ -46,7 +46,7 @@ struct DequantizeCommand: ParsableCommand {
         threading.apply()
         let started = Date()
         let checkpoint = try Checkpoint.open(input, allowExternal: inputOptions.allowExternal)
-        guard checkpoint.isQuantized else { throw CommandError(path: input, "holds no quantized tensors") }
+        guard checkpoint.isQuantized || checkpoint.format == .gguf else { throw CommandError(path: input, "holds no quantized tensors") }
         let target = floats.targetDType
         let total = checkpoint.entries.reduce(0) { $0 + $1.storedBytes }
         let progress = ProgressBar(label: "dequantize", total: total, quiet: report.quiet)

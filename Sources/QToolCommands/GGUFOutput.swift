@@ -7,7 +7,10 @@ import Tokenizer
 /// Writes a checkpoint as a llama.cpp GGUF model: the model's config and tokenizer (companion
 /// files) give the metadata; tensors are renamed, permuted and encoded a tensor at a time.
 struct GGUFModelOutput {
+    /// The GGUF to write.
     let path: String
+    /// The source checkpoint (named in errors about its config and tokenizer).
+    let source: String
     /// The requested type of weight matrices; nil picks as convert_hf_to_gguf's `auto` does.
     let type: GGMLType?
     /// The model's name (`general.name`).
@@ -48,22 +51,22 @@ struct GGUFModelOutput {
     /// The export plan: metadata and the output tensors (`source` indexes `names`).
     func plan(names: [String]) throws -> GGUFModelExport {
         guard let configBytes = try companion("config.json") else {
-            throw CommandError(path: path, "the source has no config.json, which a GGUF model's metadata comes from")
+            throw CommandError(path: source, "the source has no config.json, which a GGUF model's metadata comes from")
         }
         let config: ModelConfig
         do {
             config = try ModelConfig(json: configBytes, path: "config.json")
         } catch {
-            throw CommandError(path: path, "config.json: \(error.problem)")
+            throw CommandError(path: source, "config.json: \(error.problem)")
         }
         guard let tokenizerBytes = try companion("tokenizer.json") else {
-            throw CommandError(path: path, "the source has no tokenizer.json; llama.cpp needs the tokenizer in the GGUF")
+            throw CommandError(path: source, "the source has no tokenizer.json; llama.cpp needs the tokenizer in the GGUF")
         }
         let tokenizerConfigBytes = try companion("tokenizer_config.json")
         let tokenizer = try Tokenizer(json: tokenizerBytes, config: tokenizerConfigBytes, path: "tokenizer.json")
         func json(_ bytes: [UInt8]?) -> JSONValue? { bytes.flatMap { b in try? b.withUnsafeBytes { try JSONParser.parse($0) } } }
         let template = try companion("chat_template.jinja").map { String(decoding: $0, as: UTF8.self) }
-        guard let tokenizerJSON = json(tokenizerBytes) else { throw CommandError(path: path, "tokenizer.json is not JSON") }
+        guard let tokenizerJSON = json(tokenizerBytes) else { throw CommandError(path: source, "tokenizer.json is not JSON") }
         do {
             return try GGUFModelExport(
                 sources: sourceOrder(names: names).map { GGUFModelExport.Source(name: names[$0], shape: shapes[$0], index: $0) },
@@ -72,7 +75,7 @@ struct GGUFModelOutput {
                 chatTemplateFile: template, type: chosenType,
                 name: name)
         } catch {
-            throw CommandError(path: path, error.description)
+            throw CommandError(path: source, error.description)
         }
     }
 

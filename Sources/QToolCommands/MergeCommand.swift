@@ -140,7 +140,7 @@ struct MergeCommand: ParsableCommand {
         if format == .gguf {
             let config = try checkpoint.companions.first { $0.name == "config.json" }?.read()
             let gguf = GGUFModelOutput(
-                path: output, type: floats.dtype?.ggmlType, name: ConvertCommand.modelName(base, config: config),
+                path: output, source: base, type: floats.dtype?.ggmlType, name: ConvertCommand.modelName(base, config: config),
                 companions: checkpoint.companions, shapes: checkpoint.entries.map(\.shape), sourceIsQuantized: checkpoint.isQuantized,
                 firstMatrixDType: checkpoint.entries.first { $0.shape.rank >= 2 && $0.quantization == nil }?.dtype,
                 shardGroups: checkpoint.shardGroups, progress: progress)

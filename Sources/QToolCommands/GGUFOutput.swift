@@ -96,7 +96,7 @@ struct GGUFModelOutput {
                 }
                 guard source.dtype.isFloatingPoint, FloatConversion.decodable.contains(source.dtype) else {
                     throw CommandError(
-                        path: path, "tensor '\(names[item.source!])' is \(source.dtype.rawValue), not a float type GGUF stores")
+                        path: self.source, "tensor '\(names[item.source!])' is \(source.dtype.rawValue), not a float type GGUF stores")
                 }
                 try writer.writeTensor(
                     ProgressPayload(base: GGMLEncodedPayload(source, as: item.plan.type, rowOrder: item.rowOrder), progress: progress))

@@ -64,9 +64,20 @@ extension ConvertCommand {
         }
         let type = floats.dtype?.ggmlType ?? .f32
         guard !adapter.modules.isEmpty else { throw CommandError(path: input, "the adapter has no LoRA modules") }
-        if let replaced = adapter.replacements.first {
-            throw CommandError(
-                path: input, "the adapter replaces '\(replaced.name)' whole (modules_to_save); llama.cpp's LoRA adapters hold only A and B")
+        // A whole tensor the adapter saves (a PEFT `base_layer` of a targeted embedding, or
+        // modules_to_save) is fine when it is the base's own (convert_lora_to_gguf.py skips
+        // base layers); one that differs cannot be expressed by llama.cpp's A and B.
+        for replaced in adapter.replacements {
+            let same = try baseCheckpoint.entries.first { $0.name == replaced.name }.map { entry -> Bool in
+                guard case .plain(let tensor) = try entry.load(), tensor.shape == replaced.tensor.shape else { return false }
+                return LoRAModule.floats(tensor) == LoRAModule.floats(replaced.tensor)
+            } ?? false
+            guard same else {
+                throw CommandError(
+                    path: input,
+                    "the adapter replaces '\(replaced.name)' whole with other values (modules_to_save or a resized embedding); "
+                        + "llama.cpp's LoRA adapters hold only A and B")
+            }
         }
         let adapterConfig = try? TextInput.bytes(input + "/" + AdapterFolder.configName).withUnsafeBytes { try JSONParser.parse($0) }
         let alpha = Float(adapterConfig?["lora_alpha"]?.doubleValue ?? Double(adapter.modules[0].scale * Float(adapter.modules[0].rank)))

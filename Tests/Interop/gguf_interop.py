@@ -48,7 +48,7 @@ import gguf  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from peft import PeftModel  # noqa: E402
+from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
@@ -602,6 +602,26 @@ def check_e(files, work):
         ours = qtool_eval(FIX / "models/llama-gqa", adapter=FIX / "models" / adapter)
         theirs, chunks = llama_perplexity(files.models["models/llama-gqa", "f16"], lora=files.adapters[name])
         ppl_row(f"llama-gqa f16 + {adapter} f32 (--lora)", ours, theirs, chunks)
+    # Embedding and lm_head targets (llama.cpp gathers rows of token_embd's lora_a): against the
+    # adapter merged by qtool (qtool eval applies embedding LoRA merged only); rank and alpha
+    # patterns (fixtures/lora/patterns) folded into B.
+    torch.manual_seed(0)
+    base_model = AutoModelForCausalLM.from_pretrained(FIX / "models/llama-gqa", dtype=torch.float32)
+    peft_model = get_peft_model(base_model, LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
+                                                       target_modules=["lm_head", "embed_tokens", "q_proj", "k_proj"]))
+    heads = work / "lm-head-adapter"
+    peft_model.save_pretrained(heads)
+    for label, adapter, base, base_gguf in (
+            ("llama-gqa + lm_head/embed_tokens/q/k adapter", heads, FIX / "models/llama-gqa", files.models["models/llama-gqa", "f16"]),
+            ("tiny-llama + fixtures/lora/patterns (embed, rank/alpha patterns)", FIX / "lora/patterns", FIX / "tiny-llama",
+             files.models["tiny-llama", "f16"])):
+        gguf_adapter = work / f"{adapter.name}.gguf"
+        merged = work / f"{adapter.name}-merged"
+        qtool("convert", adapter, gguf_adapter, "--base", base, "--quiet")
+        qtool("merge", base, "--adapter", adapter, "-o", merged, "--dtype", "f32", "--quiet")
+        ours = qtool_eval(merged)
+        theirs, chunks = llama_perplexity(base_gguf, lora=gguf_adapter)
+        ppl_row(f"{label} (--lora, vs merged)", ours, theirs, chunks)
     ours = qtool_eval(files.merged_folder)
     theirs, chunks = llama_perplexity(files.merged)
     types = sorted({t.tensor_type.name for t in gguf.GGUFReader(files.merged).tensors})

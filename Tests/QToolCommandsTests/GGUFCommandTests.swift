@@ -96,6 +96,32 @@ struct GGUFCommandTests {
         #expect(written == b.map { $0 * correction })
     }
 
+    /// An embedding target: llama.cpp gathers rows of `token_embd.weight.lora_a` by token, so A
+    /// [r, vocab] is stored transposed ([vocab, r] in torch order) and B [hidden, r] as it is;
+    /// alpha_pattern's embed_tokens alpha (2, against lora_alpha 8) is folded into B. The saved
+    /// base_layer (the base's own embedding) is skipped.
+    @Test func embeddingAdapter() throws {
+        let folder = Fixtures.temporaryFolder()
+        let result = try QToolBinary.run([
+            "convert", Fixtures.path("lora/patterns"), folder + "/a.gguf", "--base", Fixtures.path("tiny-llama"), "--quiet",
+        ])
+        #expect(result.status == 0, "\(result.stderr)")
+        let file = try GGUFFile(path: folder + "/a.gguf")
+        let adapter = try SafeTensorsFile(path: Fixtures.path("lora/patterns/adapter_model.safetensors")).tensors()
+        let a = try #require(adapter["base_model.model.model.embed_tokens.lora_embedding_A"])
+        let b = try #require(adapter["base_model.model.model.embed_tokens.lora_embedding_B"])
+        let (rank, vocab) = (a.shape.dimensions[0], a.shape.dimensions[1])
+        let storedA = try #require(file.info("token_embd.weight.lora_a"))
+        let storedB = try #require(file.info("token_embd.weight.lora_b"))
+        #expect(storedA.shape == [vocab, rank] && storedB.shape == b.shape)
+        let aValues = a.values(as: Float.self)
+        let transposed = (0..<(vocab * rank)).map { i in aValues[(i % rank) * vocab + i / rank] }
+        #expect(try file.tensor(storedA).values(as: Float.self) == transposed)
+        // PEFT's scale 2/4 against llama.cpp's alpha 8 / r 4: B times 1/4.
+        #expect(file.metadata["adapter.lora.alpha"] == .float32(8))
+        #expect(try file.tensor(storedB).values(as: Float.self) == b.values(as: Float.self).map { $0 * 0.25 })
+    }
+
     /// qtool's own GGUF back to transformers: the same tensors (q/k rows un-permuted), a config
     /// qtool evaluates the same.
     @Test func ggufBackToTransformers() throws {

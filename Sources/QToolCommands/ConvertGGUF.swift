@@ -68,10 +68,11 @@ extension ConvertCommand {
         // modules_to_save) is fine when it is the base's own (convert_lora_to_gguf.py skips
         // base layers); one that differs cannot be expressed by llama.cpp's A and B.
         for replaced in adapter.replacements {
-            let same = try baseCheckpoint.entries.first { $0.name == replaced.name }.map { entry -> Bool in
-                guard case .plain(let tensor) = try entry.load(), tensor.shape == replaced.tensor.shape else { return false }
-                return LoRAModule.floats(tensor) == LoRAModule.floats(replaced.tensor)
-            } ?? false
+            let same =
+                try baseCheckpoint.entries.first { $0.name == replaced.name }.map { entry -> Bool in
+                    guard case .plain(let tensor) = try entry.load(), tensor.shape == replaced.tensor.shape else { return false }
+                    return LoRAModule.floats(tensor) == LoRAModule.floats(replaced.tensor)
+                } ?? false
             guard same else {
                 throw CommandError(
                     path: input,

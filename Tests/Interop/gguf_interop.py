@@ -263,9 +263,9 @@ def gguf_py_dequantized(path):
 
 
 def compare_dequantize(path, work, expected):
-    """`qtool dequantize` of a GGUF against gguf-py: the same names, shapes and float32 bits."""
+    """`qtool dequantize --dtype f32` of a GGUF against gguf-py: the same names, shapes and float32 bits."""
     output = work / (path.stem + ".dequantized.safetensors")
-    qtool("dequantize", path, output, "--quiet")
+    qtool("dequantize", path, output, "--dtype", "f32", "--quiet")
     mine = load_file(output)
     output.unlink()
     problems = []
@@ -284,7 +284,6 @@ def compare_dequantize(path, work, expected):
 
 def check_a(files, work):
     print("a. gguf-py reads every GGUF qtool writes", flush=True)
-    refused = []
     for (folder, dtype), path in files.models.items():
         try:
             reader, tensors = gguf_py_dequantized(path)
@@ -294,22 +293,9 @@ def check_a(files, work):
         types = sorted({t for t, _ in tensors.values()})
         finite = all(np.isfinite(v).all() for _, v in tensors.values())
         detail = f"{len(tensors)} tensors ({', '.join(types)}) dequantized"
-        if set(types) <= FLOAT_TYPES:
-            # `qtool dequantize` restores quantized checkpoints and refuses float-only ones.
-            result = qtool("dequantize", path, work / "x.safetensors", "--quiet", check=False)
-            if result.returncode == 2 and "no quantized tensors" in result.stderr:
-                refused.append(f"{short(folder)}-{dtype}")
-                R.add("a. gguf-py reads qtool's GGUFs", f"{short(folder)} {dtype}", finite, detail)
-            else:
-                R.add("a. gguf-py reads qtool's GGUFs", f"{short(folder)} {dtype}", False,
-                      f"{detail}; qtool dequantize of a float-only GGUF: exit {result.returncode} {result.stderr.strip()[:120]}")
-            continue
         problems = compare_dequantize(path, work, tensors)
         R.add("a. gguf-py reads qtool's GGUFs", f"{short(folder)} {dtype}", finite and not problems,
               detail + ("; qtool dequantize = gguf-py bit for bit" if not problems else "; " + "; ".join(problems[:3])))
-    if refused:
-        R.add("a. gguf-py reads qtool's GGUFs", "qtool dequantize, float-only files", None,
-              f"refused (exit 2, 'holds no quantized tensors') for the {len(refused)} F32/F16/BF16 files: by design, as for safetensors")
     for name, path in files.adapters.items():
         reader, tensors = gguf_py_dequantized(path)
         kind = reader.get_field("adapter.type").contents()
@@ -321,10 +307,9 @@ def check_a(files, work):
     for label, path in (("merge llama-gqa + lora", files.merged), ("4-bit source llama-gqa-bnb-nf4", files.nf4)):
         reader, tensors = gguf_py_dequantized(path)
         types = sorted({t for t, _ in tensors.values()})
-        problems = [] if set(types) <= FLOAT_TYPES else compare_dequantize(path, work, tensors)
+        problems = compare_dequantize(path, work, tensors)
         R.add("a. gguf-py reads qtool's GGUFs", label, not problems,
-              f"{len(tensors)} tensors ({', '.join(types)})" + ("; qtool dequantize = gguf-py bit for bit"
-                                                                if set(types) - FLOAT_TYPES and not problems else "")
+              f"{len(tensors)} tensors ({', '.join(types)})" + ("; qtool dequantize = gguf-py bit for bit" if not problems else "")
               + ("; " + "; ".join(problems[:3]) if problems else ""))
 
 

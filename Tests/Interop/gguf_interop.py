@@ -74,7 +74,6 @@ PRE_TOKENIZER = {folder: pre for folder, _, _, pre in gguf_reference.MODELS}
 MODELS = ["models/llama-gqa", "models/qwen2-tied", "tiny-llama", "models/mistral", "models/llama3-rope"]
 DTYPES = ["f32", "f16", "bf16", "q8_0", "q4_0"]
 CONVERTER_DTYPES = ["f32", "f16", "bf16", "q8_0"]  # what convert_hf_to_gguf.py writes of these
-FLOAT_TYPES = {"F32", "F16", "BF16"}
 TOKENIZERS = ["gpt2-bytelevel", "llama3-bytelevel", "qwen2-bytelevel", "llama2-metaspace", "llama2-legacy",
               "llama2-metaspace-split", "tiny-llama"]
 REFUSED_TOKENIZERS = ["qwen35-bytelevel", "gpt2-prefix-space"]

@@ -696,8 +696,25 @@ def gguf_table(args, work, env):
           f"gguf: {fmt_bytes(size)} bf16 Llama (hidden 2048, 12 layers) to Q8_0; peer: llama.cpp's convert_hf_to_gguf.py "
           f"(llama-cpp-python {gguf_reference.VERSION}'s), whole processes; same metadata: all keys but "
           f"tokenizer.ggml.scores (qtool writes merge ranks); goal ≥ 10× faster, ≤ 1/4 of the peer's memory")
-    remove(mine, theirs)
-    return [row]
+    # Memory of the other directions on the same model (each once), against the largest tensor
+    # (as float32, what they hold at most) + 256 MB.
+    largest = 5632 * 2048 * 4
+    nf4, back, restored = work / "g.nf4", work / "g-back", work / "g.safetensors"
+    subprocess.run([args.qtool, "quantize", str(model), str(nf4), "--quiet"], check=True)
+    others = []
+    for case, cmd in (("nf4 → GGUF (Q8_0)", [args.qtool, "convert", str(nf4), str(mine), "--quiet"]),
+                      ("GGUF Q8_0 → transformers", [args.qtool, "convert", str(mine), str(back), "--quiet"]),
+                      ("dequantize GGUF Q8_0", [args.qtool, "dequantize", str(mine), str(restored), "--quiet"])):
+        wall, rss, _ = run(cmd, env)
+        remove(back, restored)
+        others.append({"case": case, "qtool_seconds": wall, "qtool_peak_rss": rss, "bound": largest + 256e6,
+                       "within_bound": rss <= largest + 256e6})
+    table(f"{'case':28} {'qtool s':>8} {'peak RSS':>9} {'bound':>9} {'within':>7}",
+          [f"{o['case']:28} {o['qtool_seconds']:8.2f} {fmt_bytes(o['qtool_peak_rss']):>9} {fmt_bytes(o['bound']):>9} "
+           f"{str(o['within_bound']):>7}" for o in others],
+          "gguf memory: the other directions on the same model (bound: largest tensor as float32 + 256 MB)")
+    remove(mine, theirs, nf4, back, restored)
+    return [row] + others
 
 
 def main():

@@ -289,3 +289,74 @@ public struct GGUFFile: Sendable {
         }
     }
 }
+
+/// A GGUF tensor in torch order as float32, float16 or bfloat16, produced a few megabytes at a
+/// time as it streams (blocks dequantized as gguf-py does, then rounded to `dtype`); `rowOrder`
+/// (optional) gives, for each output row, the stored row to take.
+public struct GGUFDequantizedPayload: TensorPayload {
+    public let file: GGUFFile
+    public let info: GGUFTensorInfo
+    public let dtype: DType
+    public let rowOrder: [Int]?
+    public let threads: Int
+
+    /// nil when the tensor's type is not one qtool turns into floats, or `dtype` is not f32,
+    /// f16 or bf16, or `rowOrder` is not a permutation of its rows.
+    public init?(
+        _ file: GGUFFile, _ info: GGUFTensorInfo, dtype: DType = .f32, rowOrder: [Int]? = nil,
+        threads: Int = ParallelismSettings.threadCount
+    ) {
+        let floats = info.type.plainDType.map { FloatConversion.decodable.contains($0) } ?? info.type.isDequantizable
+        guard floats, [.f32, .f16, .bf16].contains(dtype) else { return nil }
+        let rows = info.dimensions.first.map { $0 == 0 ? 0 : info.elementCount / $0 } ?? 0
+        if let rowOrder, rowOrder.count != rows || rowOrder.contains(where: { $0 < 0 || $0 >= rows }) { return nil }
+        self.file = file
+        self.info = info
+        self.dtype = dtype
+        self.rowOrder = rowOrder
+        self.threads = threads
+    }
+
+    public var shape: Shape { info.shape }
+    public var byteCount: Int { info.elementCount * dtype.bitSize / 8 }
+
+    public func stream(chunkBytes: Int, into sink: (UnsafeRawBufferPointer) throws -> Void) throws {
+        let rowLength = info.dimensions[0]
+        guard rowLength > 0, info.elementCount > 0 else { return }
+        let rows = info.elementCount / rowLength
+        let type = info.type
+        let rowBytes = rowLength / type.blockSize * type.typeSize
+        let outputRowBytes = rowLength * dtype.bitSize / 8
+        let rowsPerChunk = Swift.max(1, Swift.min(rows, chunkBytes / (rowLength * 4)))
+        let rowsPerTask = Swift.max(1, Swift.min(rowsPerChunk, (1 << 16) / rowLength))
+        let output = UnsafeMutableRawBufferPointer.allocate(byteCount: rowsPerChunk * outputRowBytes, alignment: 64)
+        defer { output.deallocate() }
+        let order = rowOrder
+        let dtype = dtype
+        let range = file.fileRange(info)
+        try file.mapping.withBytes(in: range) { bytes in
+            guard let base = bytes.baseAddress else { return }
+            let source = SendableRawPointer(base)
+            let destination = SendableMutableRawPointer(output.baseAddress!)
+            var start = 0
+            while start < rows {
+                let count = Swift.min(rowsPerChunk, rows - start)
+                let first = start
+                parallelForChunks(count: count, chunk: rowsPerTask, threads: threads) { part in
+                    let floats = UnsafeMutableBufferPointer<Float>.allocate(capacity: rowLength)
+                    defer { floats.deallocate() }
+                    for r in part {
+                        let row = order?[first + r] ?? first + r
+                        GGMLBlocks.dequantize(
+                            type, UnsafeRawBufferPointer(start: source.raw + row * rowBytes, count: rowBytes), into: floats)
+                        FloatConversion.encodeFromFloat32(
+                            floats.baseAddress!, count: rowLength, into: destination.raw + r * outputRowBytes, dtype, at: 0)
+                    }
+                }
+                try sink(UnsafeRawBufferPointer(start: output.baseAddress, count: count * outputRowBytes))
+                file.mapping.releasePages((range.lowerBound + first * rowBytes)..<(range.lowerBound + (first + count) * rowBytes))
+                start += count
+            }
+        }
+    }
+}

@@ -202,36 +202,25 @@ extension ConvertCommand {
             target: OutputTarget(output), metadata: [("format", "pt")], companions: companions, progress: progress)
         let written = try writer.write(names: entries.map(\.name)) { index in
             let entry = entries[index]
-            var tensor = try file.tensor(entry.info)
+            var order: [Int]? = nil
             if let heads = entry.heads {
-                guard let order = LlamaCppLayout.unpermutedRows(rows: tensor.shape.dimensions.first ?? 0, heads: heads) else {
+                guard let rows = LlamaCppLayout.unpermutedRows(rows: entry.info.shape.dimensions.first ?? 0, heads: heads) else {
                     throw CommandError(path: input, "tensor '\(entry.info.name)' does not split into \(heads) heads of row pairs")
                 }
-                tensor = tensor.reorderingRows(order)
+                order = rows
             }
             progress.advance(by: entry.info.byteCount)
-            guard tensor.dtype != dtype, let cast = CastTensor(tensor, to: dtype) else { return .plain(tensor) }
-            return .plain(cast)
+            // Stored as the output type and in order: the mapped bytes as they are.
+            if order == nil, entry.info.type.plainDType == dtype { return .plain(try file.tensor(entry.info)) }
+            // Otherwise decoded (and reordered) as the writer streams it.
+            guard let payload = GGUFDequantizedPayload(file, entry.info, dtype: dtype, rowOrder: order) else {
+                throw CommandError(path: input, "tensor '\(entry.info.name)' is \(entry.info.type), not a float type")
+            }
+            return .plain(payload)
         }
         progress.finish()
         Report.written(
             report, input: input, output: output, files: written, tensors: entries.count, bytes: total,
             seconds: Date().timeIntervalSince(started))
-    }
-}
-
-extension Tensor {
-    /// A copy whose row r is this tensor's row `order[r]` (rows along the first dimension).
-    func reorderingRows(_ order: [Int]) -> Tensor {
-        let rows = shape.dimensions.first ?? 1
-        let rowBytes = rows == 0 ? 0 : byteCount / rows
-        let output = OwnedBytes(count: byteCount)
-        withBytes { source in
-            guard let base = source.baseAddress, let destination = output.buffer.baseAddress else { return }
-            for (row, from) in order.enumerated() {
-                (destination + row * rowBytes).copyMemory(from: base + from * rowBytes, byteCount: rowBytes)
-            }
-        }
-        return Tensor(dtype: dtype, shape: shape, storage: .owned(output))
     }
 }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import GGUFFormat
 import Quantization
 import TensorCore
 
@@ -57,6 +58,13 @@ struct DequantizeCommand: ParsableCommand {
         var outputBytes = 0
         let written = try writer.write(names: checkpoint.entries.map(\.name)) { index in
             let entry = checkpoint.entries[index]
+            // GGUF block types: dequantized as the writer streams them (never the whole model at once).
+            if let file = checkpoint.ggufFile, file.tensors[index].type.isQuantized || target != nil,
+                let payload = GGUFDequantizedPayload(file, file.tensors[index], dtype: target ?? .f32)
+            {
+                outputBytes += payload.byteCount
+                return .plain(payload)
+            }
             switch try entry.load() {
             case .quantized(let q):
                 let payload = q.dequantizedPayload(to: target ?? (q.originalDType == .f64 ? .f32 : q.originalDType))

@@ -327,36 +327,31 @@ public struct GGUFDequantizedPayload: TensorPayload {
         let type = info.type
         let rowBytes = rowLength / type.blockSize * type.typeSize
         let outputRowBytes = rowLength * dtype.bitSize / 8
-        let rowsPerChunk = Swift.max(1, Swift.min(rows, chunkBytes / (rowLength * 4)))
-        let rowsPerTask = Swift.max(1, Swift.min(rowsPerChunk, (1 << 16) / rowLength))
-        let output = UnsafeMutableRawBufferPointer.allocate(byteCount: rowsPerChunk * outputRowBytes, alignment: 64)
-        defer { output.deallocate() }
+        let rowsPerChunk = Swift.max(1, chunkBytes / (rowLength * 4))
         let order = rowOrder
         let dtype = dtype
         let range = file.fileRange(info)
         try file.mapping.withBytes(in: range) { bytes in
             guard let base = bytes.baseAddress else { return }
             let source = SendableRawPointer(base)
-            let destination = SendableMutableRawPointer(output.baseAddress!)
-            var start = 0
-            while start < rows {
-                let count = Swift.min(rowsPerChunk, rows - start)
-                let first = start
-                parallelForChunks(count: count, chunk: rowsPerTask, threads: threads) { part in
+            try RowStream.stream(
+                rows: rows, rowBytes: outputRowBytes, rowsPerChunk: rowsPerChunk, rowsPerTask: (1 << 16) / rowLength, threads: threads,
+                fill: { rows, destination in
                     let floats = UnsafeMutableBufferPointer<Float>.allocate(capacity: rowLength)
                     defer { floats.deallocate() }
-                    for r in part {
-                        let row = order?[first + r] ?? first + r
+                    for (k, r) in rows.enumerated() {
+                        let row = order?[r] ?? r
                         GGMLBlocks.dequantize(
                             type, UnsafeRawBufferPointer(start: source.raw + row * rowBytes, count: rowBytes), into: floats)
                         FloatConversion.encodeFromFloat32(
-                            floats.baseAddress!, count: rowLength, into: destination.raw + r * outputRowBytes, dtype, at: 0)
+                            floats.baseAddress!, count: rowLength, into: destination + k * outputRowBytes, dtype, at: 0)
                     }
-                }
-                try sink(UnsafeRawBufferPointer(start: output.baseAddress, count: count * outputRowBytes))
-                file.mapping.releasePages((range.lowerBound + first * rowBytes)..<(range.lowerBound + (first + count) * rowBytes))
-                start += count
-            }
+                }, sink: sink,
+                done: { rows in
+                    // The stored rows read (in order; with a row order, pages come back if needed).
+                    file.mapping.releasePages(
+                        (range.lowerBound + rows.lowerBound * rowBytes)..<(range.lowerBound + rows.upperBound * rowBytes))
+                })
         }
     }
 }

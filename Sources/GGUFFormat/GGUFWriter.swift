@@ -189,44 +189,32 @@ public struct GGMLEncodedPayload: TensorPayload {
         if let rowOrder, rowOrder.count != rows || rowOrder.contains(where: { $0 < 0 || $0 >= rows }) {
             throw GGUFError.cannotWrite(path: "(tensor data)", detail: "a row order that is not a permutation of the \(rows) rows")
         }
-        let rowsPerChunk = Swift.max(1, Swift.min(rows, chunkBytes / Swift.max(rowBytes, 1)))
-        let encoded = UnsafeMutableRawBufferPointer.allocate(byteCount: rowsPerChunk * rowBytes, alignment: 64)
-        defer { encoded.deallocate() }
         let elementBytes = sourceType.bitSize / 8
         let order = rowOrder
-        let threads = self.threads
-        // Rows are encoded by several threads into the chunk buffer; each thread widens its rows
-        // to float32 a few at a time in its own buffer.
-        let rowsPerTask = Swift.max(1, Swift.min(rowsPerChunk, (1 << 18) / rowLength))
+        // Each task widens its rows to float32 in its own buffer, then encodes them.
         try source.withBytes { bytes in
             guard let base = bytes.baseAddress else { return }
             let sourceBase = SendableRawPointer(base)
-            let destination = SendableMutableRawPointer(encoded.baseAddress!)
-            var start = 0
-            while start < rows {
-                let count = Swift.min(rowsPerChunk, rows - start)
-                let first = start
-                parallelForChunks(count: count, chunk: rowsPerTask, threads: threads) { range in
-                    let floats = UnsafeMutableBufferPointer<Float>.allocate(capacity: range.count * rowLength)
+            try RowStream.stream(
+                rows: rows, rowBytes: rowBytes, rowsPerChunk: chunkBytes / Swift.max(rowBytes, 1), rowsPerTask: (1 << 18) / rowLength,
+                threads: threads,
+                fill: { rows, destination in
+                    let floats = UnsafeMutableBufferPointer<Float>.allocate(capacity: rowLength)
                     defer { floats.deallocate() }
-                    for r in range {
-                        let row = order?[first + r] ?? first + r
-                        let target = destination.raw + r * rowBytes
+                    for (k, r) in rows.enumerated() {
+                        let row = order?[r] ?? r
+                        let target = destination + k * rowBytes
                         if sourceType == .bf16 && type == .bf16 {
                             // bf16 stays bit for bit (NaN payloads included).
                             target.copyMemory(from: sourceBase.raw + row * rowLength * elementBytes, byteCount: rowBytes)
                             continue
                         }
-                        let values = floats.baseAddress! + (r - range.lowerBound) * rowLength
-                        FloatConversion.decodeToFloat32(sourceBase.raw, sourceType, from: row * rowLength, count: rowLength, into: values)
+                        FloatConversion.decodeToFloat32(
+                            sourceBase.raw, sourceType, from: row * rowLength, count: rowLength, into: floats.baseAddress!)
                         GGMLBlocks.quantize(
-                            type, UnsafeBufferPointer(start: values, count: rowLength),
-                            into: UnsafeMutableRawBufferPointer(start: target, count: rowBytes))
+                            type, UnsafeBufferPointer(floats), into: UnsafeMutableRawBufferPointer(start: target, count: rowBytes))
                     }
-                }
-                try sink(UnsafeRawBufferPointer(rebasing: encoded[0..<(count * rowBytes)]))
-                start += count
-            }
+                }, sink: sink)
         }
     }
 }

@@ -92,7 +92,7 @@ struct ModelCommandTests {
         let folder = Fixtures.temporaryFolder()
         func write(_ name: String, _ text: String) -> String {
             let path = folder + "/" + name
-            FileManager.default.createFile(atPath: path, contents: Data(text.utf8))
+            _ = FileManager.default.createFile(atPath: path, contents: Data(text.utf8))
             return path
         }
         let model = models + "/llama-gqa"
@@ -122,7 +122,7 @@ struct ModelCommandTests {
             (config.replacingOccurrences(of: "\"intermediate_size\": 192", with: "\"intermediate_size\": 200"), "mlp"),
         ] {
             #expect(edited != config)
-            FileManager.default.createFile(atPath: copy + "/config.json", contents: Data(edited.utf8))
+            _ = FileManager.default.createFile(atPath: copy + "/config.json", contents: Data(edited.utf8))
             let result = try QToolBinary.run(["eval", copy, "--data", models + "/eval.jsonl"])
             #expect(result.status == 2, "\(result.stderr)")
             #expect(result.stderr.hasPrefix("error: ") && result.stderr.contains(problem), "\(result.stderr)")

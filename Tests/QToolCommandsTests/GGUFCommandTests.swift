@@ -26,6 +26,8 @@ struct GGUFCommandTests {
         Reference(source: "models/qwen2-tied", file: "qwen2-tied-bf16", dtype: "bf16"),
         Reference(source: "models/qwen2-tied", file: "qwen2-tied-q8_0", dtype: "q8_0"),
         Reference(source: "tiny-llama", file: "tiny-llama-q8_0", dtype: "q8_0"),
+        // Shards: tensors shard by shard, each shard's in name order, as the converter goes.
+        Reference(source: "tiny-llama-sharded", file: "tiny-llama-sharded-bf16", dtype: "bf16"),
     ]
 
     /// The metadata (in order, types and values) and every tensor (name, type, dimensions,

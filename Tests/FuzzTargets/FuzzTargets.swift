@@ -174,6 +174,18 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
                     continue
                 }
                 precondition(tensor.shape == info.shape && tensor.elementCount == info.elementCount, "tensor shape differs")
+                // The streamed decoding (dequantize, the way back to transformers) gives the same
+                // float32 values, rows reversed when asked.
+                if FloatConversion.decodable.contains(tensor.dtype), info.elementCount > 0,
+                    let payload = GGUFDequantizedPayload(file, info, threads: 2)
+                {
+                    var streamed: [UInt8] = []
+                    try? payload.stream(chunkBytes: 4096) { streamed += $0 }
+                    let direct = tensor.dtype == .f32 ? tensor.withBytes { Array($0) } : nil
+                    precondition(streamed.count == payload.byteCount && (direct == nil || direct! == streamed), "streamed decoding differs")
+                    let rows = info.elementCount / info.dimensions[0]
+                    _ = GGUFDequantizedPayload(file, info, dtype: .bf16, rowOrder: Array((0..<rows).reversed()), threads: 2)
+                }
                 if tensor.dtype != .f32 && FloatConversion.decodable.contains(tensor.dtype) && tensor.elementCount > 0 {
                     let floats = UnsafeMutablePointer<Float>.allocate(capacity: tensor.elementCount)
                     defer { floats.deallocate() }

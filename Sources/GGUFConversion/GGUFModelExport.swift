@@ -63,7 +63,9 @@ public struct GGUFModelExport {
             }
             if ggufName == "token_embd.weight" { embeddingRows = source.shape.dimensions.first }
             var rowOrder: [Int]? = nil
-            if let heads = LlamaCppLayout.permutedHeads(transformersName: source.name, architecture: architecture, config: config) {
+            if let heads = LlamaCppLayout.permutedHeads(
+                transformersName: source.name, architecture: architecture, heads: config.heads, kvHeads: config.kvHeads)
+            {
                 guard let order = LlamaCppLayout.permutedRows(rows: source.shape.dimensions.first ?? 0, heads: heads) else {
                     throw GGUFVocabulary.Refusal(
                         description: "tensor '\(source.name)' of shape \(source.shape) does not split into \(heads) heads of row pairs")

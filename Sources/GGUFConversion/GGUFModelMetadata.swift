@@ -94,7 +94,7 @@ public enum GGUFModelMetadata {
     /// A transformers config.json (as transformers 5 writes one) from a GGUF file's metadata;
     /// `vocabularyRows` is the embedding's row count, `tied` whether the file has no output.
     public static func transformersConfig(
-        _ metadata: GGUFMetadata, path: String, vocabularyRows: Int, tied: Bool, hasRopeFactors: Bool, dtype: DType
+        _ metadata: GGUFMetadata, path: String, vocabularyRows: Int, tied: Bool, dtype: DType
     ) throws -> JSONValue {
         guard let architecture = metadata["general.architecture"]?.string else {
             throw GGUFError.invalidMetadata(path: path, key: "general.architecture", detail: "missing")
@@ -121,19 +121,11 @@ public enum GGUFModelMetadata {
             }
             return number
         }
-        if hasRopeFactors {
-            throw GGUFError.invalidMetadata(
-                path: path, key: "rope_freqs.weight",
-                detail: "Llama 3 rope scaling factors cannot be turned back into transformers' rope_parameters")
-        }
         let hidden = try integer("embedding_length")
         let heads = try integer("attention.head_count")
         let headDim = try integer("attention.key_length", try integer("rope.dimension_count", hidden / heads))
         var members: [JSONMember] = []
         func add(_ key: String, _ value: JSONValue) { members.append(JSONMember(key: key, value: value)) }
-        func number(_ value: Double) -> JSONValue {
-            .number(value == value.rounded() && abs(value) < 1e15 ? "\(Int(value)).0" : "\(value)")
-        }
         add("architectures", .array([.string(model.className)]))
         if architecture == "llama" { add("attention_bias", .bool(false)) }
         add("attention_dropout", .number("0.0"))

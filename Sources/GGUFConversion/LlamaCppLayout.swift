@@ -75,12 +75,12 @@ public enum LlamaCppLayout {
         return nil
     }
 
-    /// Whether llama.cpp permutes this tensor's rows for `architecture` (q and k of `llama`),
-    /// and with how many heads.
-    public static func permutedHeads(transformersName name: String, architecture: String, config: ModelConfig) -> Int? {
+    /// Whether llama.cpp permutes this tensor's rows for `architecture` (q and k of `llama`,
+    /// weights and biases), and with how many heads (`heads` for q, `kvHeads` for k).
+    public static func permutedHeads(transformersName name: String, architecture: String, heads: Int, kvHeads: Int) -> Int? {
         guard architecture == "llama" else { return nil }
-        if name.hasSuffix("self_attn.q_proj.weight") || name.hasSuffix("self_attn.q_proj.bias") { return config.heads }
-        if name.hasSuffix("self_attn.k_proj.weight") || name.hasSuffix("self_attn.k_proj.bias") { return config.kvHeads }
+        if name.hasSuffix("self_attn.q_proj.weight") || name.hasSuffix("self_attn.q_proj.bias") { return heads }
+        if name.hasSuffix("self_attn.k_proj.weight") || name.hasSuffix("self_attn.k_proj.bias") { return kvHeads }
         return nil
     }
 

@@ -73,24 +73,11 @@ public struct GGUFFile: Sendable {
         if let dtype = info.type.plainDType {
             return Tensor(dtype: dtype, shape: info.shape, storage: .mapped(mapping, fileRange(info)))
         }
-        guard info.type.isDequantizable else { throw GGUFError.unsupportedType(path: path, tensor: info.name, type: info.type.description) }
-        let count = info.elementCount
-        let output = OwnedBytes(count: count * 4)
-        let type = info.type
-        let blocks = count / type.blockSize
-        let destination = SendableMutableRawPointer(output.buffer.baseAddress!)
-        mapping.withBytes(in: fileRange(info)) { bytes in
-            guard let base = bytes.baseAddress else { return }
-            let source = SendableRawPointer(base)
-            parallelForChunks(count: blocks, chunk: max(1, (1 << 16) / type.blockSize), threads: threads) { range in
-                GGMLBlocks.dequantize(
-                    type, UnsafeRawBufferPointer(start: source.raw + range.lowerBound * type.typeSize, count: range.count * type.typeSize),
-                    into: UnsafeMutableBufferPointer(
-                        start: destination.raw.assumingMemoryBound(to: Float.self) + range.lowerBound * type.blockSize,
-                        count: range.count * type.blockSize))
-            }
+        // The streamed decoding, gathered: one dequantization path for both.
+        guard let payload = GGUFDequantizedPayload(self, info, threads: threads) else {
+            throw GGUFError.unsupportedType(path: path, tensor: info.name, type: info.type.description)
         }
-        return Tensor(dtype: .f32, shape: info.shape, storage: .owned(output))
+        return try payload.materialized()
     }
 
     /// Reads the header, metadata and tensor infos from untrusted bytes.

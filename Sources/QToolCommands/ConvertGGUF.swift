@@ -9,36 +9,18 @@ import TensorCore
 /// `qtool convert`'s GGUF routes: a model to GGUF, a PEFT adapter to a GGUF LoRA adapter, and a
 /// GGUF model back to a transformers folder.
 extension ConvertCommand {
-    /// The name convert_hf_to_gguf.py gives a model: config's `_name_or_path`, else the folder's.
-    static func modelName(_ path: String, config: [UInt8]?) -> String {
-        let json = config.flatMap { bytes in try? bytes.withUnsafeBytes { try JSONParser.parse($0) } }
-        var folder = FilePaths.lastComponent(of: path.hasSuffix("/") ? String(path.dropLast()) : path)
-        for suffix in [".nf4", ".safetensors"] where folder.hasSuffix(suffix) { folder = String(folder.dropLast(suffix.count)) }
-        return GGUFModelMetadata.modelName(configJSON: json, folderName: folder)
-    }
-
     func convertToGGUF(_ checkpoint: Checkpoint, started: Date) throws {
         let total = checkpoint.entries.reduce(0) { $0 + $1.storedBytes }
         let progress = ProgressBar(label: "convert", total: total, quiet: report.quiet)
-        let config = try checkpoint.companions.first { $0.name == "config.json" }?.read()
-        var output = GGUFModelOutput(
-            path: self.output, source: input, type: floats.dtype?.ggmlType, name: Self.modelName(input, config: config),
-            companions: checkpoint.companions,
-            shapes: checkpoint.entries.map(\.shape), sourceIsQuantized: checkpoint.isQuantized,
-            firstMatrixDType: checkpoint.entries.first { $0.shape.rank >= 2 && $0.quantization == nil }?.dtype, progress: progress)
-        output.shardGroups = checkpoint.shardGroups
-        if floats.dtype == nil && checkpoint.isQuantized && !report.quiet && !report.json {
-            Report.note(
-                "note: NF4/FP4 has no GGUF equivalent; the 4-bit weights are dequantized and written as Q8_0 (--dtype picks another type)")
-        }
-        let (files, notes) = try output.write(names: checkpoint.entries.map(\.name)) { index in
+        let output = GGUFModelOutput(
+            path: self.output, checkpoint: checkpoint, source: input, type: floats.dtype?.ggmlType, report: report, progress: progress)
+        let files = try output.write { index in
             switch try checkpoint.entries[index].load() {
             case .plain(let tensor): .plain(tensor)
             case .quantized(let q): .quantized(q)
             }
         }
         progress.finish()
-        if !report.json && !report.quiet { for note in notes { Report.note("note: \(note)") } }
         Report.written(
             report, input: input, output: self.output, files: files, tensors: checkpoint.entries.count, bytes: total,
             seconds: Date().timeIntervalSince(started))
@@ -82,7 +64,7 @@ extension ConvertCommand {
         }
         let adapterConfig = try? TextInput.bytes(input + "/" + AdapterFolder.configName).withUnsafeBytes { try JSONParser.parse($0) }
         let alpha = Float(adapterConfig?["lora_alpha"]?.doubleValue ?? Double(adapter.modules[0].scale * Float(adapter.modules[0].rank)))
-        var items: [(plan: GGUFTensorPlan, values: [Float])] = []
+        var items: [(plan: GGUFTensorPlan, values: [Float], rowOrder: [Int]?)] = []
         for module in adapter.modules.sorted(by: { Array($0.weightName.utf8).lexicographicallyPrecedes(Array($1.weightName.utf8)) }) {
             guard !module.isDoRA else {
                 throw CommandError(path: input, "module '\(module.name)' is DoRA; llama.cpp's LoRA adapters have no magnitude vector")
@@ -103,42 +85,38 @@ extension ConvertCommand {
             // llama.cpp scales by alpha / r; fold any other PEFT scale into B.
             let correction = module.scale / (alpha / Float(r))
             if correction != 1 { b = b.map { $0 * correction } }
-            let outRows = module.isEmbedding ? module.outFeatures : module.outFeatures
-            if let heads = LlamaCppLayout.permutedHeads(transformersName: module.weightName, architecture: architecture, config: config),
-                let order = LlamaCppLayout.permutedRows(rows: outRows, heads: heads)
-            {
-                var permuted = b
-                for (row, source) in order.enumerated() { permuted[(row * r)..<((row + 1) * r)] = b[(source * r)..<((source + 1) * r)] }
-                b = permuted
-            }
+            // B's rows are the base's output rows: permuted as the base's q and k are.
+            let order = LlamaCppLayout.permutedHeads(
+                transformersName: module.weightName, architecture: architecture, heads: config.heads, kvHeads: config.kvHeads
+            ).flatMap { LlamaCppLayout.permutedRows(rows: module.outFeatures, heads: $0) }
             if module.isEmbedding {
                 // llama.cpp gathers rows of lora_a by token: A [r, vocab] is stored as its transpose.
                 var transposed = [Float](repeating: 0, count: a.count)
                 let vocab = module.inFeatures
                 for i in 0..<r { for t in 0..<vocab { transposed[t * r + i] = a[i * vocab + t] } }
-                items.append((GGUFTensorPlan(name: name + ".lora_a", shape: [vocab, r], type: type), transposed))
+                items.append((GGUFTensorPlan(name: name + ".lora_a", shape: [vocab, r], type: type), transposed, nil))
             } else {
-                items.append((GGUFTensorPlan(name: name + ".lora_a", shape: [r, module.inFeatures], type: type), a))
+                items.append((GGUFTensorPlan(name: name + ".lora_a", shape: [r, module.inFeatures], type: type), a, nil))
             }
-            items.append((GGUFTensorPlan(name: name + ".lora_b", shape: [outRows, r], type: type), b))
+            items.append((GGUFTensorPlan(name: name + ".lora_b", shape: [module.outFeatures, r], type: type), b, order))
         }
         // A block type needs whole blocks per row; otherwise F16, as the converters fall back.
         items = items.map { item in
             guard type.isQuantized, (item.plan.dimensions.first ?? 0) % type.blockSize != 0 else { return item }
-            return (GGUFTensorPlan(name: item.plan.name, dimensions: item.plan.dimensions, type: .f16), item.values)
+            return (GGUFTensorPlan(name: item.plan.name, dimensions: item.plan.dimensions, type: .f16), item.values, item.rowOrder)
         }
         var metadata = GGUFMetadata()
         metadata["general.architecture"] = .string(architecture)
         metadata["general.type"] = .string("adapter")
         metadata["adapter.type"] = .string("lora")
-        metadata["general.name"] = .string(Self.modelName(input, config: nil))
+        metadata["general.name"] = .string(GGUFModelOutput.modelName(input, config: nil))
         metadata["adapter.lora.alpha"] = .float32(alpha)
         metadata["general.quantization_version"] = .uint32(2)
         let writer = try GGUFWriter(path: output, metadata: metadata, tensors: items.map(\.plan))
         do {
             for item in items {
                 let source = Tensor(dtype: .f32, shape: Shape(item.plan.dimensions.reversed()), values: item.values)
-                try writer.writeTensor(GGMLEncodedPayload(source, as: item.plan.type))
+                try writer.writeTensor(GGMLEncodedPayload(source, as: item.plan.type, rowOrder: item.rowOrder))
             }
             try writer.commit()
         } catch {
@@ -175,11 +153,8 @@ extension ConvertCommand {
             guard let name = LlamaCppLayout.transformersName(info.name) else {
                 throw CommandError(path: input, "tensor '\(info.name)' has no transformers name for \(architecture)")
             }
-            var permutedHeads: Int? = nil
-            if architecture == "llama" {
-                if name.contains("self_attn.q_proj.") { permutedHeads = heads }
-                if name.contains("self_attn.k_proj.") { permutedHeads = kvHeads }
-            }
+            let permutedHeads = LlamaCppLayout.permutedHeads(
+                transformersName: name, architecture: architecture, heads: heads, kvHeads: kvHeads)
             entries.append((name, info, permutedHeads))
         }
         guard let embedding = entries.first(where: { $0.name == "model.embed_tokens.weight" }) else {
@@ -189,7 +164,7 @@ extension ConvertCommand {
         let stored = entries.first { $0.info.shape.rank >= 2 }?.info.type.plainDType ?? .f32
         let dtype = floats.targetDType ?? (stored == .f16 || stored == .bf16 ? stored : .f32)
         let configJSON = try GGUFModelMetadata.transformersConfig(
-            metadata, path: input, vocabularyRows: embedding.info.shape.dimensions.first ?? 0, tied: tied, hasRopeFactors: false,
+            metadata, path: input, vocabularyRows: embedding.info.shape.dimensions.first ?? 0, tied: tied,
             dtype: dtype)
         let tokenizer = try GGUFTokenizerFiles.files(metadata, path: input, contextLength: count("context_length"))
         let configBytes = Array((configJSON.serialized(.pythonDumps()) + "\n").utf8)

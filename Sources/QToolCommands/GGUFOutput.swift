@@ -9,37 +9,40 @@ import Tokenizer
 struct GGUFModelOutput {
     /// The GGUF to write.
     let path: String
-    /// The source checkpoint (named in errors about its config and tokenizer).
+    /// The checkpoint written, and its path (named in errors about its config and tokenizer).
+    let checkpoint: Checkpoint
     let source: String
     /// The requested type of weight matrices; nil picks as convert_hf_to_gguf's `auto` does.
     let type: GGMLType?
-    /// The model's name (`general.name`).
-    let name: String
-    let companions: [(name: String, read: @Sendable () throws -> [UInt8])]
-    /// The source tensors' shapes, in `names` order.
-    let shapes: [Shape]
-    /// Whether the source is 4-bit (the default type is then Q8_0).
-    let sourceIsQuantized: Bool
-    /// The float type of the source's first matrix (for the `auto` type).
-    let firstMatrixDType: DType?
-    /// Tensor names grouped by shard file (a sharded input): written shard by shard.
-    var shardGroups: [(file: String, tensors: [String])]? = nil
+    let report: ReportOptions
     let progress: ProgressBar
 
-    /// The type written for `--dtype` (or its absence).
+    var companions: [(name: String, read: @Sendable () throws -> [UInt8])] { checkpoint.companions }
+
+    /// The type written for `--dtype` (or its absence): Q8_0 for a 4-bit source; else the
+    /// source's first matrix's type, bf16, or f16.
     var chosenType: GGMLType {
         if let type { return type }
-        if sourceIsQuantized { return .q8_0 }
-        return firstMatrixDType == .bf16 ? .bf16 : .f16
+        if checkpoint.isQuantized { return .q8_0 }
+        return checkpoint.entries.first { $0.shape.rank >= 2 && $0.quantization == nil }?.dtype == .bf16 ? .bf16 : .f16
+    }
+
+    /// The name convert_hf_to_gguf.py gives a model: config's `_name_or_path`, else the folder's.
+    static func modelName(_ path: String, config: [UInt8]?) -> String {
+        let json = config.flatMap { bytes in try? bytes.withUnsafeBytes { try JSONParser.parse($0) } }
+        var folder = FilePaths.lastComponent(of: path.hasSuffix("/") ? String(path.dropLast()) : path)
+        for suffix in [".nf4", ".safetensors"] where folder.hasSuffix(suffix) { folder = String(folder.dropLast(suffix.count)) }
+        return GGUFModelMetadata.modelName(configJSON: json, folderName: folder)
     }
 
     func companion(_ name: String) throws -> [UInt8]? { try companions.first { $0.name == name }?.read() }
 
     /// The order convert_hf_to_gguf.py writes tensors in: shard by shard (file-name order), each
     /// shard's tensors in name order (safetensors headers list them sorted).
-    func sourceOrder(names: [String]) -> [Int] {
+    func sourceOrder() -> [Int] {
+        let names = checkpoint.entries.map(\.name)
         var shard: [String: Int] = [:]
-        for (index, group) in (shardGroups ?? []).sorted(by: { $0.file < $1.file }).enumerated() {
+        for (index, group) in (checkpoint.shardGroups ?? []).sorted(by: { $0.file < $1.file }).enumerated() {
             for name in group.tensors { shard[name] = index }
         }
         return names.indices.sorted { a, b in
@@ -48,8 +51,8 @@ struct GGUFModelOutput {
         }
     }
 
-    /// The export plan: metadata and the output tensors (`source` indexes `names`).
-    func plan(names: [String]) throws -> GGUFModelExport {
+    /// The export plan: metadata and the output tensors (`source` indexes the checkpoint's entries).
+    func plan() throws -> GGUFModelExport {
         guard let configBytes = try companion("config.json") else {
             throw CommandError(path: source, "the source has no config.json, which a GGUF model's metadata comes from")
         }
@@ -69,19 +72,28 @@ struct GGUFModelOutput {
         guard let tokenizerJSON = json(tokenizerBytes) else { throw CommandError(path: source, "tokenizer.json is not JSON") }
         do {
             return try GGUFModelExport(
-                sources: sourceOrder(names: names).map { GGUFModelExport.Source(name: names[$0], shape: shapes[$0], index: $0) },
+                sources: sourceOrder().map {
+                    GGUFModelExport.Source(name: checkpoint.entries[$0].name, shape: checkpoint.entries[$0].shape, index: $0)
+                },
                 config: config, tokenizer: tokenizer,
                 tokenizerJSON: tokenizerJSON, tokenizerConfig: json(tokenizerConfigBytes), modelConfig: json(configBytes),
                 chatTemplateFile: template, type: chosenType,
-                name: name)
+                name: Self.modelName(source, config: configBytes))
         } catch {
             throw CommandError(path: source, error.description)
         }
     }
 
-    /// Writes every tensor, asking `produce` for source tensor i when its turn comes.
-    func write(names: [String], produce: (Int) throws -> OutputItem) throws -> (files: [String], notes: [String]) {
-        let export = try plan(names: names)
+    /// Writes every tensor, asking `produce` for the checkpoint's entry i when its turn comes;
+    /// says (unless quiet or --json) when a 4-bit source goes to Q8_0 and which tensors fell back.
+    func write(produce: (Int) throws -> OutputItem) throws -> [String] {
+        let speaks = !report.quiet && !report.json
+        if type == nil && checkpoint.isQuantized && speaks {
+            Report.note(
+                "note: NF4/FP4 has no GGUF equivalent; the 4-bit weights are dequantized and written as Q8_0 (--dtype picks another type)")
+        }
+        let export = try plan()
+        let names = checkpoint.entries.map(\.name)
         let writer = try GGUFWriter(path: path, metadata: export.metadata, tensors: export.items.map(\.plan))
         do {
             for item in export.items {
@@ -107,6 +119,7 @@ struct GGUFModelOutput {
             writer.abort()
             throw error
         }
-        return ([path], export.notes)
+        if speaks { for note in export.notes { Report.note("note: \(note)") } }
+        return [path]
     }
 }

@@ -138,18 +138,9 @@ struct MergeCommand: ParsableCommand {
         }
         let written: [String]
         if format == .gguf {
-            let config = try checkpoint.companions.first { $0.name == "config.json" }?.read()
             let gguf = GGUFModelOutput(
-                path: output, source: base, type: floats.dtype?.ggmlType, name: ConvertCommand.modelName(base, config: config),
-                companions: checkpoint.companions, shapes: checkpoint.entries.map(\.shape), sourceIsQuantized: checkpoint.isQuantized,
-                firstMatrixDType: checkpoint.entries.first { $0.shape.rank >= 2 && $0.quantization == nil }?.dtype,
-                shardGroups: checkpoint.shardGroups, progress: progress)
-            if floats.dtype == nil && checkpoint.isQuantized && !report.quiet && !report.json {
-                Report.note("note: NF4/FP4 has no GGUF equivalent; the merged weights are written as Q8_0 (--dtype picks another type)")
-            }
-            let (files, notes) = try gguf.write(names: checkpoint.entries.map(\.name), produce: produce)
-            if !report.json && !report.quiet { for note in notes { Report.note("note: \(note)") } }
-            written = files
+                path: output, checkpoint: checkpoint, source: base, type: floats.dtype?.ggmlType, report: report, progress: progress)
+            written = try gguf.write(produce: produce)
         } else {
             written = try writer.write(names: checkpoint.entries.map(\.name), produce: produce)
         }

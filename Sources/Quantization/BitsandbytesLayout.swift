@@ -47,6 +47,13 @@ public enum BitsandbytesLayout {
         tensors.names.contains { $0.contains(quantStatePrefix) }
     }
 
+    /// Every tensor of a checkpoint as stored: imported from this layout when it holds any, else
+    /// each plain, in order.
+    public static func storedTensors(_ tensors: NamedTensors) throws(QuantizationError) -> [(name: String, tensor: StoredTensor)] {
+        guard isPresent(in: tensors) else { return tensors.entries.map { ($0.name, .plain($0.tensor)) } }
+        return try `import`(tensors)
+    }
+
     /// Splits a checkpoint in this layout into quantized weights and the other tensors, in order.
     public static func `import`(_ tensors: NamedTensors) throws(QuantizationError) -> [(name: String, tensor: StoredTensor)] {
         var stateOf: [String: (type: QuantType, key: String)] = [:]

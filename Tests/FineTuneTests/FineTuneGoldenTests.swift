@@ -18,12 +18,8 @@ struct FineTuneGoldenTests {
         let folder = Fixtures.path("models/" + name)
         let config = try ModelConfig(json: Fixtures.bytes(folder + "/config.json"), path: folder)
         let tensors = try SafeTensorsModel(path: folder).tensors()
-        var stored: [String: StoredTensor] = [:]
-        if BitsandbytesLayout.isPresent(in: tensors) {
-            for (name, tensor) in try BitsandbytesLayout.import(tensors) { stored[name] = tensor }
-        } else {
-            for (name, tensor) in tensors.entries { stored[name] = .plain(tensor) }
-        }
+        let stored = Dictionary(
+            try BitsandbytesLayout.storedTensors(tensors).map { ($0.name, $0.tensor) }, uniquingKeysWith: { _, last in last })
         return try LanguageModel(config: config, tensors: stored, path: folder, threads: threads)
     }
 

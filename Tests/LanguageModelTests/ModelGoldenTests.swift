@@ -26,12 +26,8 @@ struct ModelGoldenTests {
         let folder = Fixtures.path("models/" + model)
         let config = try ModelConfig(json: Fixtures.bytes(folder + "/config.json"), path: folder)
         let tensors = try SafeTensorsModel(path: folder).tensors()
-        var stored: [String: StoredTensor] = [:]
-        if BitsandbytesLayout.isPresent(in: tensors) {
-            for (name, tensor) in try BitsandbytesLayout.import(tensors) { stored[name] = tensor }
-        } else {
-            for (name, tensor) in tensors.entries { stored[name] = .plain(tensor) }
-        }
+        let stored = Dictionary(
+            try BitsandbytesLayout.storedTensors(tensors).map { ($0.name, $0.tensor) }, uniquingKeysWith: { _, last in last })
         var adapters: [(adapter: LoRAAdapter, weight: Float)] = []
         if let adapter {
             let path = Fixtures.path("models/" + adapter)

@@ -18,21 +18,32 @@ public struct QTool: ParsableCommand {
         abstract: "Quantize, convert, merge and check checkpoints for the 4-bit QLoRA workflow.",
         discussion: """
             Commands, with an example each:
-              inspect     List the tensors of a checkpoint.
+              inspect     List the tensors of a checkpoint (a GGUF's metadata too).
                             qtool inspect fixtures/tiny-llama --json
-              convert     Convert between formats, cast float tensors, shard.
+              convert     Convert between formats (safetensors, HDF5, GGUF), cast, shard.
                             qtool convert fixtures/tiny-llama out/f32 --dtype f32
+                            qtool convert fixtures/models/llama-gqa out/model.gguf --dtype q8_0
               quantize    Quantize to 4 bits (NF4/FP4) as bitsandbytes does.
                             qtool quantize fixtures/tiny-llama out/tiny.nf4
-              dequantize  Restore a .nf4 file or bitsandbytes folder to floats.
+              dequantize  Restore a .nf4 file, bitsandbytes folder or GGUF to floats.
                             qtool dequantize out/tiny.nf4 out/tiny-restored
               merge       Fold LoRA adapters (PEFT, mlx-lm) into a base, as PEFT does.
                             qtool merge fixtures/tiny-llama --adapter fixtures/lora/lora -o out/merged
+                            qtool merge out/tiny.nf4 --adapter fixtures/lora/lora -o out/tuned.gguf
               tokenize    Encode a text with a model's tokenizer.json, as HF tokenizers does.
                             qtool tokenize fixtures/tiny-llama --text "Hello world"
+              eval        Loss and perplexity of a model (float, 4-bit, + adapter) on data.
+                            qtool eval fixtures/models/llama-gqa --data fixtures/finetune/eval.jsonl
+              generate    Greedy or sampled text from a model.
+                            qtool generate fixtures/models/llama-gqa --prompt "The library"
+              finetune    Train a LoRA adapter over a frozen NF4 base (QLoRA on the CPU).
+                            qtool finetune out/tiny.nf4 --data fixtures/finetune/train.jsonl --output out/adapter
+              verify      Check an artifact: integrity, error against a source, quality, merges.
+                            qtool verify out/tiny.nf4 --against fixtures/tiny-llama
+              diff        Compare two checkpoints tensor by tensor, and their configs.
+                            qtool diff fixtures/tiny-llama out/f32
               info        The CPU, BLAS kernel and library versions (for bug reports).
                             qtool info --bench
-
             Input errors print 'error: <file>: <problem>' and exit with status 2.
             """,
         version: version,

@@ -13,7 +13,9 @@ struct CommandLineTests {
         #expect(version.status == 0 && version.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "0.1.0")
         let help = try QToolBinary.run(["help"])
         #expect(help.status == 0)
-        for command in ["inspect", "convert", "quantize", "dequantize"] {
+        for command in [
+            "inspect", "convert", "quantize", "dequantize", "merge", "tokenize", "eval", "generate", "finetune", "verify", "diff", "info",
+        ] {
             #expect(help.stdout.contains("qtool \(command) "), "example for \(command)")
         }
     }
